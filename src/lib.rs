@@ -1,0 +1,13 @@
+//! coro9p: a 9P2000.L and 9P2000.u file server that behaves like QEMU's
+//! hw/9pfs and is built the way QEMU builds it.
+//!
+//! One main thread polls the transports and runs one stackful coroutine per
+//! request; every blocking filesystem call hops to a worker pool and back.
+//! The layout mirrors QEMU's (see `DESIGN.md` in the shared folder and
+//! `docs/`): [`runtime`] is the coroutine machinery (util/qemu-coroutine*,
+//! hw/9pfs/coth.c, util/thread-pool.c).
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod runtime;
