@@ -398,3 +398,45 @@ fn run_until_refuses_to_wait_for_nothing() {
     let exec = executor();
     assert!(exec.run_until(|| false).is_err());
 }
+
+/// A task that overflows its stack faults on the guard page (the process
+/// dies of SIGSEGV) instead of writing over other memory. Runs in a child
+/// process: this test binary, re-run on this one test.
+#[test]
+fn stack_overflow_hits_the_guard_page() {
+    use std::os::unix::process::ExitStatusExt;
+    const CHILD: &str = "CORO9P_STACK_OVERFLOW_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let exec = Executor::new(RuntimeConfig {
+            stack_size: 64 * 1024,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        fn deep(n: u64) -> u64 {
+            let pad = std::hint::black_box([n; 64]);
+            if n == 0 {
+                0
+            } else {
+                pad[3] + deep(n - 1)
+            }
+        }
+        exec.enter(|_co| deep(std::hint::black_box(1 << 30)));
+        unreachable!("the task returned from unbounded recursion");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "stack_overflow_hits_the_guard_page",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(11),
+        "child: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

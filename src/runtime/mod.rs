@@ -446,8 +446,16 @@ impl Executor {
             ));
         }
         inner.in_turn.set(true);
+        // Cleared even if an event callback panics through here.
+        struct EndTurn<'a>(&'a Cell<bool>);
+        impl Drop for EndTurn<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let end_turn = EndTurn(&inner.in_turn);
         let result = h.turn_inner(timeout);
-        inner.in_turn.set(false);
+        drop(end_turn);
         if !inner.ready.borrow().is_empty() {
             // Tasks yielded for a later turn: make the poll fd readable so a
             // host loop comes back.
