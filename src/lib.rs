@@ -10,4 +10,5 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod protocol;
 pub mod runtime;
