@@ -50,7 +50,8 @@
 //!   orders a flushed request's reply before its Rflush).
 //! - Each task has a [`CancelFlag`] that job closures can read from a worker.
 //! - A panic in a task or in its job ends that task with
-//!   [`TaskError::Panicked`]; the executor goes on serving.
+//!   [`TaskError::Panicked`]; a panic in an event callback drops that
+//!   callback. Either way the executor goes on serving.
 //!
 //! # Invariants
 //!
@@ -174,7 +175,8 @@ pub enum TaskError {
     Panicked(String),
     /// No coroutine stack could be allocated and none was in use to wait for.
     NoStack(String),
-    /// The task was entered after its executor began to shut down.
+    /// The executor was dropped before the task ended, or the task was
+    /// entered after that.
     ShutDown,
 }
 
@@ -526,10 +528,17 @@ impl Drop for Executor {
                 break;
             }
             for (_, slot) in tasks {
-                if let SlotState::Suspended(coro, _) = slot.state {
-                    // Dropping a suspended coroutine unwinds its stack.
-                    drop(coro);
-                    inner.stacks.borrow_mut().forget_one();
+                match slot.state {
+                    SlotState::Suspended(coro, _) => {
+                        // Dropping a suspended coroutine unwinds its stack.
+                        drop(coro);
+                        inner.stacks.borrow_mut().forget_one();
+                    }
+                    SlotState::Unstarted(body, outcome) => {
+                        drop(body);
+                        outcome.fail(TaskError::ShutDown);
+                    }
+                    SlotState::Running => {}
                 }
             }
         }
@@ -581,10 +590,12 @@ impl Handle {
             };
             let result = catch_unwind(AssertUnwindSafe(|| f(&co)));
             let result = result.map_err(|payload| {
-                let msg = panic_message(payload.as_ref());
-                if !co.handle.0.shutting_down.get() {
-                    log::error!("{id} panicked: {msg}");
+                if co.handle.0.shutting_down.get() {
+                    // The executor is unwinding this suspended task.
+                    return TaskError::ShutDown;
                 }
+                let msg = panic_message(payload.as_ref());
+                log::error!("{id} panicked: {msg}");
                 TaskError::Panicked(msg)
             });
             *shared.value.borrow_mut() = Some(result);
@@ -693,20 +704,8 @@ impl Handle {
     /// right after the current one suspends or ends (depth first, in wake
     /// order); from outside, on the next turn.
     pub(crate) fn wake(&self, id: TaskId) {
-        let inner = &*self.0;
-        inner.tracer.record(id, HopKind::Wake, ThreadRef::MAIN);
-        match inner.current.get() {
-            Some(current) => match inner.tasks.borrow_mut().get_mut(&current) {
-                Some(slot) => slot.wakeups.push(id),
-                None => log::error!("{current} woke {id} but has no slot"),
-            },
-            None => {
-                inner.ready.borrow_mut().push_back(id);
-                if !inner.in_turn.get() {
-                    self.poke();
-                }
-            }
-        }
+        self.0.tracer.record(id, HopKind::Wake, ThreadRef::MAIN);
+        self.schedule(id);
     }
 
     /// Makes the poll fd readable, so that a host loop calls dispatch.
@@ -763,7 +762,12 @@ impl Handle {
         let Some(mut callback) = callback else {
             return;
         };
-        callback(event);
+        if catch_unwind(AssertUnwindSafe(|| callback(event))).is_err() {
+            // Its transport state may be half-updated: stop calling it.
+            log::error!("the event callback of source {token:?} panicked; the source is dropped");
+            self.0.sources.borrow_mut().remove(&token);
+            return;
+        }
         if let Some(slot @ None) = self.0.sources.borrow_mut().get_mut(&token) {
             *slot = Some(callback);
         }
@@ -799,7 +803,8 @@ impl Handle {
                 }
                 CoroutineResult::Yield(Suspend::Yield) => {
                     slot.state = SlotState::Suspended(coro, Waiting::Wake);
-                    inner.ready.borrow_mut().push_back(id);
+                    drop(tasks);
+                    self.push_ready(id);
                 }
                 CoroutineResult::Return(()) => {
                     tasks.remove(&id);
@@ -834,26 +839,34 @@ impl Handle {
                     None
                 }
             }
-            SlotState::Unstarted(body, outcome) => match inner.stacks.borrow_mut().take() {
-                Ok(Some(stack)) => Some(Coroutine::with_stack(stack, body)),
-                Ok(None) => {
-                    slot.state = SlotState::Unstarted(body, outcome);
-                    inner.starting.borrow_mut().push_front(id);
-                    None
+            SlotState::Unstarted(body, outcome) => {
+                let taken = inner.stacks.borrow_mut().take();
+                let err = match taken {
+                    Ok(Some(stack)) => return Some(Coroutine::with_stack(stack, body)),
+                    Ok(None) => None,
+                    Err(e) => Some(e),
+                };
+                let in_use = inner.stacks.borrow().stats().in_use;
+                match err {
+                    Some(e) if in_use == 0 => {
+                        log::error!("cannot allocate a coroutine stack for {id}: {e}");
+                        tasks.remove(&id);
+                        // The closure's captures may use the executor when
+                        // dropped: no borrow may be held then.
+                        drop(tasks);
+                        drop(body);
+                        outcome.fail(TaskError::NoStack(e.to_string()));
+                    }
+                    err => {
+                        if let Some(e) = err {
+                            log::warn!("cannot allocate a coroutine stack, {id} waits: {e}");
+                        }
+                        slot.state = SlotState::Unstarted(body, outcome);
+                        inner.starting.borrow_mut().push_front(id);
+                    }
                 }
-                Err(e) if inner.stacks.borrow().stats().in_use > 0 => {
-                    log::warn!("cannot allocate a coroutine stack, {id} waits: {e}");
-                    slot.state = SlotState::Unstarted(body, outcome);
-                    inner.starting.borrow_mut().push_front(id);
-                    None
-                }
-                Err(e) => {
-                    log::error!("cannot allocate a coroutine stack for {id}: {e}");
-                    tasks.remove(&id);
-                    outcome.fail(TaskError::NoStack(e.to_string()));
-                    None
-                }
-            },
+                None
+            }
             SlotState::Running => {
                 log::error!("{id} is already running: resume refused");
                 None
@@ -864,22 +877,59 @@ impl Handle {
     fn finish(&self, id: TaskId, coro: Coro) {
         let inner = &*self.0;
         inner.tracer.record(id, HopKind::Finish, ThreadRef::MAIN);
-        inner.stacks.borrow_mut().put(coro.into_stack());
-        // A stack is free: the longest-waiting task may start.
+        let stack = coro.into_stack();
         let next = inner.starting.borrow_mut().pop_front();
-        if let Some(next) = next {
-            self.wake_to_start(next);
+        match next {
+            Some(next) => self.start_with(next, stack),
+            None => inner.stacks.borrow_mut().put(stack),
         }
     }
 
-    fn wake_to_start(&self, id: TaskId) {
+    /// Hands a freed stack straight to the longest-waiting task, so that no
+    /// task entered meanwhile can take it first.
+    fn start_with(&self, id: TaskId, stack: DefaultStack) {
         let inner = &*self.0;
-        match inner.current.get() {
-            Some(current) => match inner.tasks.borrow_mut().get_mut(&current) {
-                Some(slot) => slot.wakeups.push(id),
-                None => inner.ready.borrow_mut().push_back(id),
-            },
-            None => inner.ready.borrow_mut().push_back(id),
+        let mut tasks = inner.tasks.borrow_mut();
+        let Some(slot) = tasks.get_mut(&id) else {
+            drop(tasks);
+            inner.stacks.borrow_mut().put(stack);
+            return;
+        };
+        match std::mem::replace(&mut slot.state, SlotState::Running) {
+            SlotState::Unstarted(body, _) => {
+                let coro = Coroutine::with_stack(stack, body);
+                slot.state = SlotState::Suspended(coro, Waiting::Wake);
+                drop(tasks);
+                self.schedule(id);
+            }
+            other => {
+                slot.state = other;
+                drop(tasks);
+                inner.stacks.borrow_mut().put(stack);
+            }
+        }
+    }
+
+    /// Makes a task runnable: right after the current task suspends if
+    /// called from inside one, else on the next turn.
+    fn schedule(&self, id: TaskId) {
+        let inner = &*self.0;
+        if let Some(current) = inner.current.get() {
+            if let Some(slot) = inner.tasks.borrow_mut().get_mut(&current) {
+                slot.wakeups.push(id);
+                return;
+            }
+        }
+        self.push_ready(id);
+    }
+
+    /// Queues a task for the next turn, making the poll fd readable if no
+    /// turn is under way (a host loop must come back for it).
+    fn push_ready(&self, id: TaskId) {
+        let inner = &*self.0;
+        inner.ready.borrow_mut().push_back(id);
+        if !inner.in_turn.get() {
+            self.poke();
         }
     }
 }

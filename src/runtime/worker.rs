@@ -139,7 +139,7 @@ fn worker_main(shared: Arc<Shared>, local: Worker<Job>, number: u32) {
         }
         let mut st = lock(&shared.state);
         loop {
-            if !shared.injector.is_empty() {
+            if shared.has_queued_jobs() {
                 break;
             }
             if st.shutdown {
@@ -159,13 +159,31 @@ fn worker_main(shared: Arc<Shared>, local: Worker<Job>, number: u32) {
                 st.signalled -= 1;
                 break;
             }
-            if waited.timed_out() && shared.injector.is_empty() {
+            if waited.timed_out() && !shared.has_queued_jobs() {
                 st.threads -= 1;
                 drop(st);
                 forget_stealer(&shared, number);
                 return;
             }
         }
+    }
+}
+
+impl Shared {
+    /// Wakes one idle thread if there is one not yet signalled.
+    fn signal_idle(&self) {
+        let mut st = lock(&self.state);
+        if st.idle > st.signalled {
+            st.signalled += 1;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a job waits anywhere: the injector or a thread's own deque.
+    /// Checked under the state lock before sleeping; a thread that fills its
+    /// deque signals under that lock afterwards, so no job is left unseen.
+    fn has_queued_jobs(&self) -> bool {
+        !self.injector.is_empty() || read_lock(&self.stealers).iter().any(|(_, s)| !s.is_empty())
     }
 }
 
@@ -184,7 +202,14 @@ fn find_job(shared: &Shared, local: &Worker<Job>) -> Option<Job> {
     loop {
         let mut retry = false;
         match shared.injector.steal_batch_and_pop(local) {
-            Steal::Success(job) => return Some(job),
+            Steal::Success(job) => {
+                if !local.is_empty() {
+                    // Part of the batch waits behind this job, which may
+                    // block for long: let an idle peer steal it.
+                    shared.signal_idle();
+                }
+                return Some(job);
+            }
             Steal::Retry => retry = true,
             Steal::Empty => {}
         }
