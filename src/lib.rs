@@ -10,5 +10,17 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod fsdev;
 pub mod protocol;
 pub mod runtime;
+
+/// Which QEMU's client-visible behaviour to match (`--compat`): master, or
+/// 7.2 as Debian ships it. Security fixes stay on under both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compat {
+    /// QEMU master (the default).
+    #[default]
+    Master,
+    /// QEMU 7.2.
+    V7_2,
+}

@@ -1,0 +1,275 @@
+//! The fs drivers and their interface (QEMU's fsdev/file-op-9p.h).
+//!
+//! [`FileOperations`] is the path-level interface; opening returns a
+//! [`FileHandle`] or [`DirHandle`] whose methods are the handle-level
+//! operations (QEMU's `fstat`, `preadv`, `readdir`, ... taking a
+//! `V9fsFidOpenState`). Every method may block: the server only calls them
+//! from worker jobs (the `co_*` functions in `src/co/`). Each failure is the
+//! host errno, unchanged.
+
+pub mod synth;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+pub use nix::errno::Errno;
+
+/// What every driver call returns.
+pub type FsResult<T> = Result<T, Errno>;
+
+/// A driver-defined path (QEMU's `V9fsPath`): for the local driver the bytes
+/// of a path relative to the export root (`.` or `./a/b`); for synth, the
+/// node number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V9fsPath(pub Vec<u8>);
+
+/// Credentials for creation, chmod and chown (QEMU's `FsCred`); `None` is
+/// QEMU's -1, "not given".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsCred {
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Mode bits (type bits too for mknod).
+    pub mode: u32,
+    /// Device number for mknod.
+    pub rdev: u64,
+}
+
+/// A time as `utimensat` takes it: seconds and nanoseconds, or the
+/// `UTIME_NOW`/`UTIME_OMIT` markers in `nsec`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timespec {
+    /// Seconds.
+    pub sec: i64,
+    /// Nanoseconds, or `libc::UTIME_NOW` / `libc::UTIME_OMIT`.
+    pub nsec: i64,
+}
+
+/// The parts of `struct stat` the server uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: i64,
+    pub blksize: i64,
+    pub blocks: i64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+}
+
+impl FileStat {
+    /// The file type bits.
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == libc::S_IFDIR
+    }
+
+    /// Whether this is a symbolic link.
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == libc::S_IFLNK
+    }
+}
+
+/// The parts of `struct statfs` the server uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct StatFs {
+    pub ty: u32,
+    pub bsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub fsid: u64,
+    pub namelen: u64,
+}
+
+/// One directory entry as `readdir` returns it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirEnt {
+    /// The name.
+    pub name: Vec<u8>,
+    /// `d_ino`.
+    pub ino: u64,
+    /// `d_off`: the cookie that `seekdir` takes to continue after this entry.
+    pub off: i64,
+    /// `d_type` (DT_*), 0 when unknown.
+    pub ty: u8,
+}
+
+/// Export flags (QEMU's `FsContext.export_flags`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportFlags(pub u32);
+
+impl ExportFlags {
+    /// V9FS_IMMEDIATE_WRITEOUT.
+    pub const IMMEDIATE_WRITEOUT: u32 = 0x1;
+    /// V9FS_PATHNAME_FSCONTEXT: paths are names (local), so the rename lock
+    /// is used and name_to_path needs no hop.
+    pub const PATHNAME_FSCONTEXT: u32 = 0x2;
+    /// V9FS_SM_PASSTHROUGH.
+    pub const SM_PASSTHROUGH: u32 = 0x4;
+    /// V9FS_SM_MAPPED (mapped-xattr).
+    pub const SM_MAPPED: u32 = 0x8;
+    /// V9FS_SM_NONE.
+    pub const SM_NONE: u32 = 0x10;
+    /// V9FS_SM_MAPPED_FILE.
+    pub const SM_MAPPED_FILE: u32 = 0x20;
+    /// V9FS_RDONLY.
+    pub const RDONLY: u32 = 0x40;
+    /// V9FS_REMAP_INODES.
+    pub const REMAP_INODES: u32 = 0x200;
+    /// V9FS_FORBID_MULTIDEVS.
+    pub const FORBID_MULTIDEVS: u32 = 0x400;
+
+    /// Whether every bit of `flag` is set.
+    pub fn has(self, flag: u32) -> bool {
+        self.0 & flag == flag
+    }
+}
+
+/// Per-session values a driver may need when it opens a file (the synth
+/// `/stat/xattr_count` fixture reports the session's xattr-fid count).
+#[derive(Clone, Debug, Default)]
+pub struct SessionCtx {
+    /// The session's count of xattr fids (QEMU's `xattr_fid_count`).
+    pub xattr_fid_count: Arc<AtomicU64>,
+}
+
+/// An open file (QEMU's `V9fsFidOpenState` for a FILE fid).
+pub trait OpenFile: Send + Sync {
+    /// Reads at `offset` into `buf`; the bytes read.
+    fn preadv(&self, buf: &mut [u8], offset: u64) -> FsResult<usize>;
+    /// Writes `buf` at `offset`; the bytes written.
+    fn pwritev(&self, buf: &[u8], offset: u64) -> FsResult<usize>;
+    /// `fstat` on the handle.
+    fn fstat(&self) -> FsResult<FileStat>;
+    /// `fsync` or `fdatasync`.
+    fn fsync(&self, datasync: bool) -> FsResult<()>;
+    /// `ftruncate`.
+    fn ftruncate(&self, size: u64) -> FsResult<()>;
+    /// `futimens`.
+    fn futimens(&self, times: &[Timespec; 2]) -> FsResult<()>;
+    /// QEMU's `has_valid_file_handle`: whether getattr, setattr, fsync and
+    /// lock may use this handle instead of the path.
+    fn has_valid_handle(&self) -> bool;
+}
+
+/// An open directory stream (QEMU's `V9fsFidOpenState` for a DIR fid).
+pub trait DirStream: Send {
+    /// The next entry, or `None` at the end.
+    fn readdir(&mut self) -> FsResult<Option<DirEnt>>;
+    /// The current position cookie.
+    fn telldir(&mut self) -> FsResult<i64>;
+    /// Moves to a cookie returned by `telldir` or an entry's `off`.
+    fn seekdir(&mut self, off: i64);
+    /// Back to the first entry.
+    fn rewinddir(&mut self);
+    /// `fstat` on the directory.
+    fn fstat(&self) -> FsResult<FileStat>;
+    /// `fsync` or `fdatasync` on the directory.
+    fn fsync(&self, datasync: bool) -> FsResult<()>;
+    /// `futimens` on the directory.
+    fn futimens(&self, times: &[Timespec; 2]) -> FsResult<()>;
+    /// As [`OpenFile::has_valid_handle`].
+    fn has_valid_handle(&self) -> bool;
+}
+
+/// An open file, shared by the fid and the jobs using it.
+pub type FileHandle = Arc<dyn OpenFile>;
+/// An open directory; the mutex is the per-directory readdir lock.
+pub type DirHandle = Arc<Mutex<Box<dyn DirStream>>>;
+
+/// A driver: the path-level operations (QEMU's `FileOperations`).
+pub trait FileOperations: Send + Sync {
+    /// The driver's export flags (security model, PATHNAME_FSCONTEXT, ...).
+    fn export_flags(&self) -> ExportFlags;
+    /// The path of `name` in `dir` (`None`: the export root, with `name`
+    /// "/"); pure string work for path-based drivers.
+    fn name_to_path(&self, dir: Option<&V9fsPath>, name: &[u8]) -> FsResult<V9fsPath>;
+    /// `lstat`.
+    fn lstat(&self, path: &V9fsPath) -> FsResult<FileStat>;
+    /// `readlink`.
+    fn readlink(&self, path: &V9fsPath) -> FsResult<Vec<u8>>;
+    /// `chmod` to `cred.mode`.
+    fn chmod(&self, path: &V9fsPath, cred: &FsCred) -> FsResult<()>;
+    /// `chown` to `cred.uid`/`cred.gid`.
+    fn chown(&self, path: &V9fsPath, cred: &FsCred) -> FsResult<()>;
+    /// `mknod` of `name` in `dir`.
+    fn mknod(&self, dir: &V9fsPath, name: &[u8], cred: &FsCred) -> FsResult<()>;
+    /// `utimensat` without following a final symlink.
+    fn utimensat(&self, path: &V9fsPath, times: &[Timespec; 2]) -> FsResult<()>;
+    /// Removes a file or an empty directory.
+    fn remove(&self, path: &V9fsPath) -> FsResult<()>;
+    /// `symlink` `name` in `dir` pointing to `target`.
+    fn symlink(&self, target: &[u8], dir: &V9fsPath, name: &[u8], cred: &FsCred) -> FsResult<()>;
+    /// `link` `old` as `name` in `dir`.
+    fn link(&self, old: &V9fsPath, dir: &V9fsPath, name: &[u8]) -> FsResult<()>;
+    /// Opens a file.
+    fn open(&self, path: &V9fsPath, flags: i32, ctx: &SessionCtx) -> FsResult<FileHandle>;
+    /// Opens a directory.
+    fn opendir(&self, path: &V9fsPath) -> FsResult<DirHandle>;
+    /// Creates and opens `name` in `dir`.
+    fn open2(
+        &self,
+        dir: &V9fsPath,
+        name: &[u8],
+        flags: i32,
+        cred: &FsCred,
+        ctx: &SessionCtx,
+    ) -> FsResult<FileHandle>;
+    /// `mkdir` of `name` in `dir`.
+    fn mkdir(&self, dir: &V9fsPath, name: &[u8], cred: &FsCred) -> FsResult<()>;
+    /// `rename`.
+    fn rename(&self, old: &V9fsPath, new: &V9fsPath) -> FsResult<()>;
+    /// `truncate`.
+    fn truncate(&self, path: &V9fsPath, size: u64) -> FsResult<()>;
+    /// `statfs`.
+    fn statfs(&self, path: &V9fsPath) -> FsResult<StatFs>;
+    /// `lgetxattr` into a buffer of `size` bytes: the value (ERANGE if it has
+    /// grown past `size` since the size query).
+    fn lgetxattr(&self, path: &V9fsPath, name: &[u8], size: usize) -> FsResult<Vec<u8>>;
+    /// The size `lgetxattr` would return.
+    fn lgetxattr_size(&self, path: &V9fsPath, name: &[u8]) -> FsResult<usize>;
+    /// `llistxattr` into at most `size` bytes.
+    fn llistxattr(&self, path: &V9fsPath, size: usize) -> FsResult<Vec<u8>>;
+    /// The size `llistxattr` would return.
+    fn llistxattr_size(&self, path: &V9fsPath) -> FsResult<usize>;
+    /// `lsetxattr`.
+    fn lsetxattr(&self, path: &V9fsPath, name: &[u8], value: &[u8], flags: i32) -> FsResult<()>;
+    /// `lremovexattr`.
+    fn lremovexattr(&self, path: &V9fsPath, name: &[u8]) -> FsResult<()>;
+    /// `renameat`.
+    fn renameat(
+        &self,
+        olddir: &V9fsPath,
+        oldname: &[u8],
+        newdir: &V9fsPath,
+        newname: &[u8],
+    ) -> FsResult<()>;
+    /// `unlinkat` (`flags` may hold AT_REMOVEDIR).
+    fn unlinkat(&self, dir: &V9fsPath, name: &[u8], flags: i32) -> FsResult<()>;
+    /// Whether `get_st_gen` is available (if not, Tgetattr makes no hop for
+    /// it).
+    fn has_st_gen(&self) -> bool {
+        false
+    }
+    /// The inode generation number (FS_IOC_GETVERSION).
+    fn get_st_gen(&self, _path: &V9fsPath, _mode: u32) -> FsResult<u64> {
+        Err(Errno::ENOTTY)
+    }
+}
