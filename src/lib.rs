@@ -10,9 +10,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod co;
 pub mod fsdev;
 pub mod protocol;
 pub mod runtime;
+pub mod server;
+pub mod transport;
 
 /// Which QEMU's client-visible behaviour to match (`--compat`): master, or
 /// 7.2 as Debian ships it. Security fixes stay on under both.

@@ -1,31 +1,231 @@
-//! The `coro9p` command.
+//! The `coro9p` command: serve one export over one or more transports.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
 
-const USAGE: &str = "usage: coro9p [--help] [--version]";
+use coro9p::runtime::{Executor, RuntimeConfig};
+use coro9p::server::{Export, ExportOptions};
+use coro9p::transport::socket::{listen, serve_fds, ListenAddr, Listener};
+use coro9p::Compat;
+
+const USAGE: &str = "\
+usage: coro9p --fsdev OPTIONS --listen ADDR [--listen ADDR ...] [options]
+
+  --fsdev OPTIONS     the export, as QEMU's -fsdev takes it:
+                        local,path=DIR,security_model=passthrough|mapped-xattr|mapped-file|none
+                        synth   (QEMU's test file system)
+                      plus readonly=on, max_xattr=N, multidevs=remap|forbid|warn, ...
+  --listen ADDR       tcp:HOST:PORT, unix:PATH, fd:R,W or stdio (repeatable)
+  --compat VERSION    behave like QEMU master (default) or 7.2
+  --workers N         most worker threads (default 64)
+  --trace-hops FILE   record every thread hop, written as JSON lines at exit
+  -v, --verbose       log more (RUST_LOG overrides)
+  -h, --help          this text
+  -V, --version       the version";
+
+struct Args {
+    fsdev: String,
+    listen: Vec<ListenAddr>,
+    compat: Compat,
+    workers: usize,
+    trace_hops: Option<String>,
+    verbose: u8,
+}
+
+enum Parsed {
+    Run(Args),
+    Exit(ExitCode),
+}
+
+fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
+    let mut fsdev = None;
+    let mut listen = Vec::new();
+    let mut compat = Compat::Master;
+    let mut workers = 64;
+    let mut trace_hops = None;
+    let mut verbose = 0;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value."))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(Parsed::Exit(ExitCode::SUCCESS));
+            }
+            "-V" | "--version" => {
+                println!("coro9p {}", env!("CARGO_PKG_VERSION"));
+                return Ok(Parsed::Exit(ExitCode::SUCCESS));
+            }
+            "-v" | "--verbose" => verbose += 1,
+            "--fsdev" => fsdev = Some(value("--fsdev")?),
+            "--listen" => listen.push(ListenAddr::parse(&value("--listen")?)?),
+            "--compat" => {
+                compat = match value("--compat")?.as_str() {
+                    "master" => Compat::Master,
+                    "7.2" => Compat::V7_2,
+                    other => return Err(format!("--compat takes master or 7.2, not '{other}'.")),
+                }
+            }
+            "--workers" => {
+                let v = value("--workers")?;
+                workers = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--workers takes a positive number, not '{v}'."))?;
+            }
+            "--trace-hops" => trace_hops = Some(value("--trace-hops")?),
+            other => return Err(format!("unknown argument '{other}' (see coro9p --help).")),
+        }
+    }
+    let fsdev = fsdev.ok_or("--fsdev is required (see coro9p --help).")?;
+    if listen.is_empty() {
+        return Err("--listen is required (see coro9p --help).".into());
+    }
+    Ok(Parsed::Run(Args {
+        fsdev,
+        listen,
+        compat,
+        workers,
+        trace_hops,
+        verbose,
+    }))
+}
+
+/// Takes the descriptors named by `fd:R,W` (inherited from the parent).
+fn inherited_fds(r: RawFd, w: RawFd) -> Result<(OwnedFd, Option<OwnedFd>), String> {
+    for fd in [r, w] {
+        if nix::fcntl::fcntl(
+            // SAFETY: only probes that the number names an open descriptor;
+            // the borrow ends with the call.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_GETFD,
+        )
+        .is_err()
+        {
+            return Err(format!("file descriptor {fd} is not open."));
+        }
+    }
+    // SAFETY: the user handed these open descriptors to this process for the
+    // fd transport; nothing else in the process owns or closes them.
+    let read = unsafe { OwnedFd::from_raw_fd(r) };
+    let write = (w != r).then(|| {
+        // SAFETY: as above, for the distinct write descriptor.
+        unsafe { OwnedFd::from_raw_fd(w) }
+    });
+    Ok((read, write))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let options = ExportOptions::parse(&args.fsdev)?;
+    let export = Export::open(options, args.compat)?;
+    let exec = Executor::new(RuntimeConfig {
+        max_workers: args.workers,
+        trace: args.trace_hops.is_some(),
+        ..RuntimeConfig::default()
+    })
+    .map_err(|e| format!("cannot start the main loop: {e}."))?;
+    let mut listeners: Vec<Listener> = Vec::new();
+    for addr in &args.listen {
+        let l = match addr {
+            ListenAddr::Fd(r, w) => {
+                let (read, write) = inherited_fds(*r, *w)?;
+                serve_fds(&exec, Rc::clone(&export), read, write)
+            }
+            _ => listen(&exec, Rc::clone(&export), addr),
+        }
+        .map_err(|e| format!("cannot listen on {addr:?}: {e}."))?;
+        log::info!("listening on {}", l.local_addr);
+        listeners.push(l);
+    }
+    let stop = stop_on_signals(&exec)?;
+    let only_fds = args.listen.iter().all(|a| matches!(a, ListenAddr::Fd(..)));
+    exec.run_until(|| stop.get() || (only_fds && listeners.iter().all(|l| l.connections() == 0)))
+        .map_err(|e| format!("main loop: {e}."))?;
+    // Let requests in flight finish (their sessions are reset on close).
+    for l in &listeners {
+        for s in l.sessions() {
+            s.disconnect();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while exec.stats().tasks > 0 && std::time::Instant::now() < deadline {
+        let _ = exec.turn(Some(Duration::from_millis(50)));
+    }
+    if let Some(path) = &args.trace_hops {
+        let mut f = std::fs::File::create(path)
+            .map_err(|e| format!("cannot write the hop trace {path}: {e}."))?;
+        exec.tracer()
+            .write_jsonl(&mut f)
+            .map_err(|e| format!("cannot write the hop trace {path}: {e}."))?;
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM end the main loop (through a signalfd on it).
+fn stop_on_signals(exec: &Executor) -> Result<Rc<std::cell::Cell<bool>>, String> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}."))?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot watch signals: {e}."))?;
+    let stop = Rc::new(std::cell::Cell::new(false));
+    let flag = Rc::clone(&stop);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sfd);
+    exec.register(
+        &mut mio::unix::SourceFd(&fd),
+        mio::Interest::READABLE,
+        move |_| {
+            while let Ok(Some(sig)) = sfd.read_signal() {
+                log::info!("signal {}: stopping", sig.ssi_signo);
+                flag.set(true);
+            }
+        },
+    )
+    .map_err(|e| format!("cannot watch signals: {e}."))?;
+    Ok(stop)
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None => {
-            println!(
-                "coro9p {}: the 9P server is not built yet, so there is nothing to serve. \
-                 Only the coroutine runtime exists so far; `make test` and `make bench` exercise it.",
-                env!("CARGO_PKG_VERSION")
-            );
-            ExitCode::SUCCESS
+    let parsed = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("coro9p: {msg}");
+            return ExitCode::from(2);
         }
-        Some("--version" | "-V") => {
-            println!("coro9p {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some("--help" | "-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("coro9p: unknown argument '{other}' ({USAGE}).");
-            ExitCode::from(2)
+    };
+    let args = match parsed {
+        Parsed::Exit(code) => return code,
+        Parsed::Run(args) => args,
+    };
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("coro9p: {msg}");
+            ExitCode::FAILURE
         }
     }
 }

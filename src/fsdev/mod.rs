@@ -263,6 +263,13 @@ pub trait FileOperations: Send + Sync {
     ) -> FsResult<()>;
     /// `unlinkat` (`flags` may hold AT_REMOVEDIR).
     fn unlinkat(&self, dir: &V9fsPath, name: &[u8], flags: i32) -> FsResult<()>;
+    /// The last component of `path`, as Tstat names the file.
+    fn basename(&self, path: &V9fsPath) -> Vec<u8> {
+        match path.0.iter().rposition(|&b| b == b'/') {
+            Some(i) => path.0[i + 1..].to_vec(),
+            None => path.0.clone(),
+        }
+    }
     /// Whether `get_st_gen` is available (if not, Tgetattr makes no hop for
     /// it).
     fn has_st_gen(&self) -> bool {

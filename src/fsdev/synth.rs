@@ -368,6 +368,12 @@ impl FileOperations for SynthFs {
         Ok(self.stat_of(self.node(path)?))
     }
 
+    fn basename(&self, path: &V9fsPath) -> Vec<u8> {
+        self.node(path)
+            .map(|id| self.nodes[id].name.clone())
+            .unwrap_or_default()
+    }
+
     fn readlink(&self, _path: &V9fsPath) -> FsResult<Vec<u8>> {
         Err(Errno::ENOSYS)
     }

@@ -354,6 +354,8 @@ struct Inner {
     /// Entered tasks waiting for a stack, in entry order.
     starting: RefCell<VecDeque<TaskId>>,
     sources: RefCell<HashMap<Token, Option<SourceCallback>>>,
+    /// Callbacks to run on the next turn (QEMU's bottom halves).
+    deferred: RefCell<Vec<Box<dyn FnOnce()>>>,
     next_token: Cell<usize>,
     in_turn: Cell<bool>,
     shutting_down: Cell<bool>,
@@ -415,6 +417,7 @@ impl Executor {
             ready: RefCell::new(VecDeque::new()),
             starting: RefCell::new(VecDeque::new()),
             sources: RefCell::new(HashMap::new()),
+            deferred: RefCell::new(Vec::new()),
             next_token: Cell::new(0),
             in_turn: Cell::new(false),
             shutting_down: Cell::new(false),
@@ -458,7 +461,7 @@ impl Executor {
         let end_turn = EndTurn(&inner.in_turn);
         let result = h.turn_inner(timeout);
         drop(end_turn);
-        if !inner.ready.borrow().is_empty() {
+        if !inner.ready.borrow().is_empty() || !inner.deferred.borrow().is_empty() {
             // Tasks yielded for a later turn: make the poll fd readable so a
             // host loop comes back.
             h.poke();
@@ -496,7 +499,10 @@ impl Executor {
             if done() {
                 return Ok(());
             }
-            if inner.tasks.borrow().is_empty() && inner.sources.borrow().is_empty() {
+            if inner.tasks.borrow().is_empty()
+                && inner.sources.borrow().is_empty()
+                && inner.deferred.borrow().is_empty()
+            {
                 return Err(io::Error::other(
                     "run_until: no task or event source is left, so the condition cannot become true",
                 ));
@@ -521,6 +527,8 @@ impl Drop for Executor {
         let sources = std::mem::take(&mut *inner.sources.borrow_mut());
         drop(sources);
         inner.ready.borrow_mut().clear();
+        let deferred = std::mem::take(&mut *inner.deferred.borrow_mut());
+        drop(deferred);
         inner.starting.borrow_mut().clear();
         loop {
             let tasks = std::mem::take(&mut *inner.tasks.borrow_mut());
@@ -667,6 +675,17 @@ impl Handle {
         self.0.registry.deregister(source)
     }
 
+    /// Runs `f` on the main thread on the next turn, outside any task (a
+    /// QEMU bottom half): for work that must not run nested inside the
+    /// current task, such as taking in more requests when a PDU frees.
+    pub fn defer(&self, f: impl FnOnce() + 'static) {
+        let inner = &*self.0;
+        inner.deferred.borrow_mut().push(Box::new(f));
+        if !inner.in_turn.get() {
+            self.poke();
+        }
+    }
+
     /// The hop tracer.
     pub fn tracer(&self) -> &Arc<Tracer> {
         &self.0.tracer
@@ -717,7 +736,7 @@ impl Handle {
 
     fn turn_inner(&self, timeout: Option<Duration>) -> io::Result<()> {
         let inner = &*self.0;
-        let timeout = if inner.ready.borrow().is_empty() {
+        let timeout = if inner.ready.borrow().is_empty() && inner.deferred.borrow().is_empty() {
             timeout
         } else {
             Some(Duration::ZERO)
@@ -749,6 +768,12 @@ impl Handle {
         let ready = std::mem::take(&mut *inner.ready.borrow_mut());
         for id in ready {
             self.run_task(id, Resume::Woken);
+        }
+        let deferred = std::mem::take(&mut *inner.deferred.borrow_mut());
+        for f in deferred {
+            if catch_unwind(AssertUnwindSafe(f)).is_err() {
+                log::error!("a deferred callback panicked");
+            }
         }
         Ok(())
     }

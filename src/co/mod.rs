@@ -1,0 +1,590 @@
+//! The `co_*` functions (QEMU's cofile.c, codir.c, cofs.c, coxattr.c): each
+//! is one hop main -> worker -> main around one driver call (or one batch).
+//!
+//! Every one checks first whether its request was cancelled and returns
+//! EINTR without hopping if so; path-based ones hold the rename read lock
+//! across the hop when the driver is path-based (local), as QEMU does. The
+//! jobs own their inputs: paths are cloned, handles are shared `Arc`s.
+
+use std::sync::Arc;
+
+use nix::errno::Errno;
+
+use crate::fsdev::{
+    DirEnt, DirHandle, FileHandle, FileOperations, FileStat, FsCred, FsResult, StatFs, Timespec,
+    V9fsPath,
+};
+use crate::runtime::Co;
+use crate::server::V9fsState;
+
+/// An open handle of either kind, for closing.
+pub(crate) enum Handle {
+    File(FileHandle),
+    Dir(DirHandle),
+}
+
+/// One hop with no lock: cancellation check, then `job` on a worker.
+fn hop<T, F>(co: &Co, s: &V9fsState, job: F) -> FsResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
+{
+    if co.is_cancelled() {
+        return Err(Errno::EINTR);
+    }
+    let ops = Arc::clone(&s.export.ops);
+    co.run_in_worker(move || job(&*ops))
+}
+
+/// One hop under the rename read lock (path-based drivers).
+fn path_hop<T, F>(co: &Co, s: &V9fsState, job: F) -> FsResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
+{
+    if co.is_cancelled() {
+        return Err(Errno::EINTR);
+    }
+    let _lock = s.path_read_lock(co);
+    let ops = Arc::clone(&s.export.ops);
+    co.run_in_worker(move || job(&*ops))
+}
+
+// ---- cofs.c -------------------------------------------------------------
+
+/// `v9fs_co_lstat`.
+pub(crate) fn co_lstat(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<FileStat> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.lstat(&path))
+}
+
+/// `v9fs_co_readlink`.
+pub(crate) fn co_readlink(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<Vec<u8>> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.readlink(&path))
+}
+
+/// `v9fs_co_statfs`.
+pub(crate) fn co_statfs(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<StatFs> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.statfs(&path))
+}
+
+/// `v9fs_co_chmod`.
+pub(crate) fn co_chmod(co: &Co, s: &V9fsState, path: &V9fsPath, mode: u32) -> FsResult<()> {
+    let path = path.clone();
+    let cred = FsCred {
+        mode,
+        ..FsCred::default()
+    };
+    path_hop(co, s, move |ops| ops.chmod(&path, &cred))
+}
+
+/// `v9fs_co_utimensat`.
+pub(crate) fn co_utimensat(
+    co: &Co,
+    s: &V9fsState,
+    path: &V9fsPath,
+    times: [Timespec; 2],
+) -> FsResult<()> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.utimensat(&path, &times))
+}
+
+/// `v9fs_co_chown` (`None`: leave as is).
+pub(crate) fn co_chown(
+    co: &Co,
+    s: &V9fsState,
+    path: &V9fsPath,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> FsResult<()> {
+    let path = path.clone();
+    let cred = FsCred {
+        uid,
+        gid,
+        ..FsCred::default()
+    };
+    path_hop(co, s, move |ops| ops.chown(&path, &cred))
+}
+
+/// `v9fs_co_truncate`.
+pub(crate) fn co_truncate(co: &Co, s: &V9fsState, path: &V9fsPath, size: u64) -> FsResult<()> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.truncate(&path, size))
+}
+
+/// Creates with `make`, then looks up the new path and its stat, in one
+/// hop: the shape of `v9fs_co_mkdir`, `v9fs_co_mknod`, `v9fs_co_symlink`.
+fn create_hop<F>(
+    co: &Co,
+    s: &V9fsState,
+    dir: &V9fsPath,
+    name: &[u8],
+    make: F,
+) -> FsResult<(V9fsPath, FileStat)>
+where
+    F: FnOnce(&dyn FileOperations, &V9fsPath, &[u8]) -> FsResult<()> + Send + 'static,
+{
+    let (dir, name) = (dir.clone(), name.to_vec());
+    path_hop(co, s, move |ops| {
+        make(ops, &dir, &name)?;
+        let path = ops.name_to_path(Some(&dir), &name)?;
+        let st = ops.lstat(&path)?;
+        Ok((path, st))
+    })
+}
+
+/// `v9fs_co_mknod`.
+pub(crate) fn co_mknod(
+    co: &Co,
+    s: &V9fsState,
+    dir: &V9fsPath,
+    name: &[u8],
+    cred: FsCred,
+) -> FsResult<(V9fsPath, FileStat)> {
+    create_hop(co, s, dir, name, move |ops, d, n| ops.mknod(d, n, &cred))
+}
+
+/// `v9fs_co_mkdir`.
+pub(crate) fn co_mkdir(
+    co: &Co,
+    s: &V9fsState,
+    dir: &V9fsPath,
+    name: &[u8],
+    cred: FsCred,
+) -> FsResult<(V9fsPath, FileStat)> {
+    create_hop(co, s, dir, name, move |ops, d, n| ops.mkdir(d, n, &cred))
+}
+
+/// `v9fs_co_symlink`.
+pub(crate) fn co_symlink(
+    co: &Co,
+    s: &V9fsState,
+    dir: &V9fsPath,
+    name: &[u8],
+    target: &[u8],
+    cred: FsCred,
+) -> FsResult<(V9fsPath, FileStat)> {
+    let target = target.to_vec();
+    create_hop(co, s, dir, name, move |ops, d, n| {
+        ops.symlink(&target, d, n, &cred)
+    })
+}
+
+/// `v9fs_co_link`.
+pub(crate) fn co_link(
+    co: &Co,
+    s: &V9fsState,
+    old: &V9fsPath,
+    dir: &V9fsPath,
+    name: &[u8],
+) -> FsResult<()> {
+    let (old, dir, name) = (old.clone(), dir.clone(), name.to_vec());
+    path_hop(co, s, move |ops| ops.link(&old, &dir, &name))
+}
+
+/// `v9fs_co_remove`.
+pub(crate) fn co_remove(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<()> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.remove(&path))
+}
+
+/// `v9fs_co_unlinkat`.
+pub(crate) fn co_unlinkat(
+    co: &Co,
+    s: &V9fsState,
+    dir: &V9fsPath,
+    name: &[u8],
+    flags: i32,
+) -> FsResult<()> {
+    let (dir, name) = (dir.clone(), name.to_vec());
+    path_hop(co, s, move |ops| ops.unlinkat(&dir, &name, flags))
+}
+
+/// `v9fs_co_rename`; the caller holds the rename write lock.
+pub(crate) fn co_rename(co: &Co, s: &V9fsState, old: &V9fsPath, new: &V9fsPath) -> FsResult<()> {
+    let (old, new) = (old.clone(), new.clone());
+    hop(co, s, move |ops| ops.rename(&old, &new))
+}
+
+/// `v9fs_co_renameat`; the caller holds the rename write lock.
+pub(crate) fn co_renameat(
+    co: &Co,
+    s: &V9fsState,
+    olddir: &V9fsPath,
+    oldname: &[u8],
+    newdir: &V9fsPath,
+    newname: &[u8],
+) -> FsResult<()> {
+    let (od, on, nd, nn) = (
+        olddir.clone(),
+        oldname.to_vec(),
+        newdir.clone(),
+        newname.to_vec(),
+    );
+    hop(co, s, move |ops| ops.renameat(&od, &on, &nd, &nn))
+}
+
+/// `v9fs_co_name_to_path`: no hop and no cancellation check for a
+/// path-based driver, where it is string work; a hop otherwise.
+pub(crate) fn co_name_to_path(
+    co: &Co,
+    s: &V9fsState,
+    dir: Option<&V9fsPath>,
+    name: &[u8],
+) -> FsResult<V9fsPath> {
+    if s.is_path_based() {
+        return s.export.ops.name_to_path(dir, name);
+    }
+    let (dir, name) = (dir.cloned(), name.to_vec());
+    hop(co, s, move |ops| ops.name_to_path(dir.as_ref(), &name))
+}
+
+/// `v9fs_co_st_gen`; the caller checks that the driver has it.
+pub(crate) fn co_st_gen(co: &Co, s: &V9fsState, path: &V9fsPath, mode: u32) -> FsResult<u64> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.get_st_gen(&path, mode))
+}
+
+// ---- cofile.c -----------------------------------------------------------
+
+/// `v9fs_co_fstat` on a file handle.
+pub(crate) fn co_fstat(co: &Co, s: &V9fsState, file: &FileHandle) -> FsResult<FileStat> {
+    let file = Arc::clone(file);
+    hop(co, s, move |_| file.fstat())
+}
+
+/// `v9fs_co_fstat` on a directory handle.
+pub(crate) fn co_fstat_dir(co: &Co, s: &V9fsState, dir: &DirHandle) -> FsResult<FileStat> {
+    let dir = Arc::clone(dir);
+    hop(co, s, move |_| lock_dir(&dir).fstat())
+}
+
+/// `v9fs_co_open`; past the open-fd high-water mark, reclaims (a hop).
+pub(crate) fn co_open(co: &Co, s: &V9fsState, path: &V9fsPath, flags: i32) -> FsResult<FileHandle> {
+    let path = path.clone();
+    let ctx = s.ctx.clone();
+    let h = path_hop(co, s, move |ops| ops.open(&path, flags, &ctx))?;
+    opened(co, s);
+    Ok(h)
+}
+
+/// `v9fs_co_opendir`.
+pub(crate) fn co_opendir(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<DirHandle> {
+    let path = path.clone();
+    let d = path_hop(co, s, move |ops| ops.opendir(&path))?;
+    opened(co, s);
+    Ok(d)
+}
+
+fn opened(co: &Co, s: &V9fsState) {
+    if s.export.fds.opened() {
+        s.reclaim_fd(co);
+    }
+}
+
+/// `v9fs_co_open2`: create, open, and look up the new file in one hop,
+/// under the rename write lock. The new path and stat come back with the
+/// handle.
+pub(crate) fn co_open2(
+    co: &Co,
+    s: &V9fsState,
+    dir: &V9fsPath,
+    name: &[u8],
+    flags: i32,
+    cred: FsCred,
+) -> FsResult<(FileHandle, V9fsPath, FileStat)> {
+    if co.is_cancelled() {
+        return Err(Errno::EINTR);
+    }
+    let _lock = s.is_path_based().then(|| s.rename_lock.write(co));
+    let (dir, name) = (dir.clone(), name.to_vec());
+    let ctx = s.ctx.clone();
+    let ops = Arc::clone(&s.export.ops);
+    let r = co.run_in_worker(move || {
+        let h = ops.open2(&dir, &name, flags, &cred, &ctx)?;
+        // On failure the handle is dropped here, closing the file.
+        let path = ops.name_to_path(Some(&dir), &name)?;
+        let st = ops.lstat(&path)?;
+        Ok((h, path, st))
+    })?;
+    drop(_lock);
+    opened(co, s);
+    Ok(r)
+}
+
+/// `v9fs_co_close`: the handle is dropped (closed) on a worker.
+pub(crate) fn co_close(co: &Co, s: &V9fsState, file: FileHandle) -> FsResult<()> {
+    close_hop(co, s, vec![Handle::File(file)])
+}
+
+/// `v9fs_co_closedir`.
+pub(crate) fn co_closedir(co: &Co, s: &V9fsState, dir: DirHandle) -> FsResult<()> {
+    close_hop(co, s, vec![Handle::Dir(dir)])
+}
+
+/// Closes every handle of an fd reclaim in one hop.
+pub(crate) fn co_close_many(co: &Co, s: &V9fsState, handles: Vec<Handle>) {
+    let _ = close_hop(co, s, handles);
+}
+
+fn close_hop(co: &Co, s: &V9fsState, handles: Vec<Handle>) -> FsResult<()> {
+    let n = handles.len();
+    hop(co, s, move |_| {
+        drop(handles);
+        Ok(())
+    })?;
+    s.export.fds.closed(n);
+    Ok(())
+}
+
+/// `v9fs_co_fsync`.
+pub(crate) fn co_fsync(co: &Co, s: &V9fsState, h: &Handle, datasync: bool) -> FsResult<()> {
+    match h {
+        Handle::File(f) => {
+            let f = Arc::clone(f);
+            hop(co, s, move |_| f.fsync(datasync))
+        }
+        Handle::Dir(d) => {
+            let d = Arc::clone(d);
+            hop(co, s, move |_| lock_dir(&d).fsync(datasync))
+        }
+    }
+}
+
+/// `v9fs_co_futimens`.
+pub(crate) fn co_futimens(
+    co: &Co,
+    s: &V9fsState,
+    h: &Handle,
+    times: [Timespec; 2],
+) -> FsResult<()> {
+    match h {
+        Handle::File(f) => {
+            let f = Arc::clone(f);
+            hop(co, s, move |_| f.futimens(&times))
+        }
+        Handle::Dir(d) => {
+            let d = Arc::clone(d);
+            hop(co, s, move |_| lock_dir(&d).futimens(&times))
+        }
+    }
+}
+
+/// `v9fs_co_ftruncate`.
+pub(crate) fn co_ftruncate(co: &Co, s: &V9fsState, file: &FileHandle, size: u64) -> FsResult<()> {
+    let file = Arc::clone(file);
+    hop(co, s, move |_| file.ftruncate(size))
+}
+
+/// `v9fs_co_preadv`: up to `len` bytes at `offset`.
+pub(crate) fn co_preadv(
+    co: &Co,
+    s: &V9fsState,
+    file: &FileHandle,
+    len: usize,
+    offset: u64,
+) -> FsResult<Vec<u8>> {
+    let file = Arc::clone(file);
+    hop(co, s, move |_| {
+        let mut buf = vec![0u8; len];
+        let n = file.preadv(&mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    })
+}
+
+/// `v9fs_co_pwritev`: `data[from..]` at `offset`.
+pub(crate) fn co_pwritev(
+    co: &Co,
+    s: &V9fsState,
+    file: &FileHandle,
+    data: &Arc<Vec<u8>>,
+    from: usize,
+    offset: u64,
+) -> FsResult<usize> {
+    let (file, data) = (Arc::clone(file), Arc::clone(data));
+    hop(co, s, move |_| file.pwritev(&data[from..], offset))
+}
+
+// ---- codir.c ------------------------------------------------------------
+
+fn lock_dir(d: &DirHandle) -> std::sync::MutexGuard<'_, Box<dyn crate::fsdev::DirStream>> {
+    // A panic in a driver's readdir cannot leave the stream unsafe to use.
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `v9fs_co_readdir`: one entry (the 9P2000.u directory Tread path).
+pub(crate) fn co_readdir(co: &Co, s: &V9fsState, dir: &DirHandle) -> FsResult<Option<DirEnt>> {
+    let dir = Arc::clone(dir);
+    hop(co, s, move |_| lock_dir(&dir).readdir())
+}
+
+/// `v9fs_co_telldir`.
+pub(crate) fn co_telldir(co: &Co, s: &V9fsState, dir: &DirHandle) -> FsResult<i64> {
+    let dir = Arc::clone(dir);
+    hop(co, s, move |_| lock_dir(&dir).telldir())
+}
+
+/// `v9fs_co_seekdir` (skipped, silently, if cancelled).
+pub(crate) fn co_seekdir(co: &Co, s: &V9fsState, dir: &DirHandle, off: i64) {
+    let dir = Arc::clone(dir);
+    let _ = hop(co, s, move |_| {
+        lock_dir(&dir).seekdir(off);
+        Ok(())
+    });
+}
+
+/// `v9fs_co_rewinddir` (skipped, silently, if cancelled).
+pub(crate) fn co_rewinddir(co: &Co, s: &V9fsState, dir: &DirHandle) {
+    let dir = Arc::clone(dir);
+    let _ = hop(co, s, move |_| {
+        lock_dir(&dir).rewinddir();
+        Ok(())
+    });
+}
+
+/// One entry of `v9fs_co_readdir_many`, with its stat when asked for.
+pub(crate) struct DirEntry {
+    pub dent: DirEnt,
+    pub st: Option<FileStat>,
+}
+
+/// `v9fs_co_readdir_many`: every entry from `offset` that fits in
+/// `max_count` bytes of Rreaddir (24 + name length each), in one hop, under
+/// the directory's lock; with `dostat`, each entry's stat too. The stream is
+/// left after the last entry returned.
+pub(crate) fn co_readdir_many(
+    co: &Co,
+    s: &V9fsState,
+    dir: &DirHandle,
+    dir_path: &V9fsPath,
+    offset: u64,
+    max_count: u32,
+    dostat: bool,
+) -> FsResult<Vec<DirEntry>> {
+    let dir = Arc::clone(dir);
+    let dir_path = dir_path.clone();
+    let cancel = co.cancel_flag().clone();
+    let job = move |ops: &dyn FileOperations| {
+        let mut stream = lock_dir(&dir);
+        if offset == 0 {
+            stream.rewinddir();
+        } else {
+            stream.seekdir(offset as i64);
+        }
+        let mut pos = stream.telldir()?;
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        let result = loop {
+            if cancel.is_cancelled() {
+                break Err(Errno::EINTR);
+            }
+            let dent = match stream.readdir() {
+                Ok(Some(d)) => d,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            let cost = 24 + c_name(&dent.name).len();
+            if size + cost > max_count as usize {
+                break Ok(());
+            }
+            size += cost;
+            let st = if dostat {
+                let stat = ops
+                    .name_to_path(Some(&dir_path), c_name(&dent.name))
+                    .and_then(|p| ops.lstat(&p));
+                match stat {
+                    Ok(st) => Some(st),
+                    Err(e) => break Err(e),
+                }
+            } else {
+                None
+            };
+            pos = dent.off;
+            out.push(DirEntry { dent, st });
+        };
+        stream.seekdir(pos);
+        result.map(|()| out)
+    };
+    if s.compat() == crate::Compat::V7_2 {
+        hop(co, s, job)
+    } else {
+        path_hop(co, s, job)
+    }
+}
+
+/// A name as C code sees it: up to the first NUL.
+pub(crate) fn c_name(name: &[u8]) -> &[u8] {
+    match name.iter().position(|&b| b == 0) {
+        Some(n) => &name[..n],
+        None => name,
+    }
+}
+
+// ---- coxattr.c ----------------------------------------------------------
+
+/// `v9fs_co_llistxattr` with no buffer: the list's size.
+pub(crate) fn co_llistxattr_size(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<usize> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.llistxattr_size(&path))
+}
+
+/// `v9fs_co_llistxattr` into `size` bytes.
+pub(crate) fn co_llistxattr(
+    co: &Co,
+    s: &V9fsState,
+    path: &V9fsPath,
+    size: usize,
+) -> FsResult<Vec<u8>> {
+    let path = path.clone();
+    path_hop(co, s, move |ops| ops.llistxattr(&path, size))
+}
+
+/// `v9fs_co_lgetxattr` with no buffer: the value's size.
+pub(crate) fn co_lgetxattr_size(
+    co: &Co,
+    s: &V9fsState,
+    path: &V9fsPath,
+    name: &[u8],
+) -> FsResult<usize> {
+    let (path, name) = (path.clone(), name.to_vec());
+    path_hop(co, s, move |ops| ops.lgetxattr_size(&path, &name))
+}
+
+/// `v9fs_co_lgetxattr` into `size` bytes.
+pub(crate) fn co_lgetxattr(
+    co: &Co,
+    s: &V9fsState,
+    path: &V9fsPath,
+    name: &[u8],
+    size: usize,
+) -> FsResult<Vec<u8>> {
+    let (path, name) = (path.clone(), name.to_vec());
+    path_hop(co, s, move |ops| ops.lgetxattr(&path, &name, size))
+}
+
+/// `v9fs_co_lsetxattr`.
+pub(crate) fn co_lsetxattr(
+    co: &Co,
+    s: &V9fsState,
+    path: &V9fsPath,
+    name: &[u8],
+    value: Vec<u8>,
+    flags: i32,
+) -> FsResult<()> {
+    let (path, name) = (path.clone(), name.to_vec());
+    path_hop(co, s, move |ops| ops.lsetxattr(&path, &name, &value, flags))
+}
+
+/// `v9fs_co_lremovexattr`.
+pub(crate) fn co_lremovexattr(
+    co: &Co,
+    s: &V9fsState,
+    path: &V9fsPath,
+    name: &[u8],
+) -> FsResult<()> {
+    let (path, name) = (path.clone(), name.to_vec());
+    path_hop(co, s, move |ops| ops.lremovexattr(&path, &name))
+}
