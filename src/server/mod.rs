@@ -354,6 +354,8 @@ impl V9fsState {
         };
         self.transport.push_and_notify(pdu.idx, reply);
         if !pdu.complete.next(&self.exec) {
+            // No Tflush waits: a disconnect may have cancelled it.
+            pdu.cancelled.clear();
             self.pdu_free(pdu);
         }
     }
