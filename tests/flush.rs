@@ -1,5 +1,8 @@
 //! Tflush (§3), the PDU limit, and disconnects with requests in flight.
 
+// le! builds frames one push per field, on purpose.
+#![allow(clippy::vec_init_then_push)]
+
 mod common;
 
 use common::*;

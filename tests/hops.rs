@@ -1,6 +1,9 @@
 //! Worker hops per message, counted by the hop tracer, against QEMU's table
 //! (§4.3 of the reference).
 
+// le! builds frames one push per field, on purpose.
+#![allow(clippy::vec_init_then_push)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,9 @@
 //! The server over a real Unix socket, on the synth driver: replies checked
 //! byte for byte against QEMU's behaviour (qemu-9pfs-semantics.md).
 
+// le! builds frames one push per field, on purpose.
+#![allow(clippy::vec_init_then_push)]
+
 mod common;
 
 use common::*;

@@ -40,7 +40,7 @@ macro_rules! le {
     }};
     (@one $v:ident x $e:expr) => { $v.extend_from_slice($e) };
     ($($kind:ident $e:expr),* $(,)?) => {{
-        #[allow(unused_mut, clippy::vec_init_then_push)]
+        #[allow(unused_mut)]
         let mut v: Vec<u8> = Vec::new();
         $( $crate::le!(@one v $kind $e); )*
         v
