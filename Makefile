@@ -8,9 +8,17 @@ all: build
 build:
 	$(CARGO) build --release --workspace
 
-# Serves nothing yet: the server core comes with issue #3.
+# Serves DIR (default: ./export, created if missing) on 127.0.0.1:PORT and
+# prints the Linux mount command. SECURITY_MODEL=none keeps working for a
+# user who is not root (ownership changes are ignored, as QEMU's "none").
+DIR ?= $(CURDIR)/export
+PORT ?= 5640
+SECURITY_MODEL ?= none
 run: build
-	./target/release/coro9p
+	@mkdir -p "$(DIR)"
+	@echo "coro9p: serving $(DIR) on 127.0.0.1:$(PORT) (Ctrl-C stops it)"
+	./target/release/coro9p --fsdev local,path="$(DIR)",security_model=$(SECURITY_MODEL) \
+		--listen tcp:127.0.0.1:$(PORT)
 
 # Style and lints first (cheap), then every unit, integration and doc test.
 test: lint

@@ -149,6 +149,9 @@ fn run(args: Args) -> Result<(), String> {
         }
         .map_err(|e| format!("cannot listen on {addr:?}: {e}."))?;
         log::info!("listening on {}", l.local_addr);
+        if let Some(cmd) = mount_hint(addr, &l.local_addr) {
+            println!("coro9p: mount it with:\n  {cmd}");
+        }
         listeners.push(l);
     }
     let stop = stop_on_signals(&exec)?;
@@ -173,6 +176,24 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot write the hop trace {path}: {e}."))?;
     }
     Ok(())
+}
+
+/// The Linux command that mounts what `addr` serves.
+fn mount_hint(addr: &ListenAddr, bound: &str) -> Option<String> {
+    let opts = "version=9p2000.L,msize=262144";
+    match addr {
+        ListenAddr::Tcp(_) => {
+            let (host, port) = bound.rsplit_once(':')?;
+            Some(format!(
+                "sudo mount -t 9p -o trans=tcp,port={port},{opts} {host} /mnt"
+            ))
+        }
+        ListenAddr::Unix(path) => Some(format!(
+            "sudo mount -t 9p -o trans=unix,{opts} {} /mnt",
+            path.display()
+        )),
+        ListenAddr::Fd(..) => None,
+    }
 }
 
 /// SIGINT and SIGTERM end the main loop (through a signalfd on it).

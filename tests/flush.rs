@@ -176,3 +176,92 @@ fn a_disconnect_with_requests_in_flight_leaves_nothing_behind() {
     assert_eq!(report.connections, 0);
     assert_eq!(report.active_requests, 0);
 }
+
+#[test]
+fn past_the_fd_high_water_mark_idle_handles_are_reclaimed_and_reopened() {
+    // A soft limit of 60 fds: reclaim above 40 open handles, 30 at a time.
+    let srv = TestServer::start_with_fd_limit("synth", Compat::Master, Some(60));
+    let mut c = srv.connect();
+    c.attach();
+    for fid in 1..=50u32 {
+        c.walk(0, fid, &["stat", "xattr_count"]);
+        c.ok(TLOPEN, &le![d fid, d 0]);
+    }
+    for fid in 1..=50u32 {
+        let r = c.ok(TREAD, &le![d fid, q 0, d 8]);
+        assert_eq!(r, le![d 8, q 0], "fid {fid}");
+    }
+    drop(c);
+    let report = srv.stop();
+    let hops = |name: &str| -> Vec<usize> {
+        report
+            .hops
+            .iter()
+            .filter(|t| t.label.ends_with(name))
+            .map(|t| t.hops)
+            .collect()
+    };
+    let opens = hops("Tlopen");
+    assert_eq!(opens.len(), 50);
+    assert!(
+        opens.iter().any(|&h| h == 4),
+        "an open past the mark closes idle handles in one more hop: {opens:?}"
+    );
+    let reads = hops("Tread");
+    assert!(
+        reads.iter().any(|&h| h >= 2),
+        "a reclaimed fid is reopened on use: {reads:?}"
+    );
+    assert_eq!(report.open_handles, 0);
+}
+
+#[test]
+fn a_client_that_does_not_read_its_replies_stops_being_read() {
+    use std::io::Write;
+    let srv = server();
+    let mut c = srv.connect();
+    c.attach();
+    c.s.set_nonblocking(true).unwrap();
+    let req = frame(TGETATTR, 0, &le![d 0, q 0x7ff]);
+    let batch = req.repeat(1000);
+    let mut written = 0usize;
+    let cap = 64 << 20;
+    let blocked = loop {
+        match c.s.write(&batch) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Give the server time to drain what it would.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                match c.s.write(&batch) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+        if written > cap {
+            break false;
+        }
+    };
+    assert!(
+        blocked,
+        "the server kept reading {written} bytes of requests"
+    );
+    assert!(
+        written < 16 << 20,
+        "read {written} bytes before pushing back"
+    );
+    // Reading the replies lets it go on: every request is answered.
+    c.s.set_nonblocking(false).unwrap();
+    let sent = written / req.len();
+    let tail = written % req.len();
+    if tail != 0 {
+        c.s.write_all(&req[tail..]).unwrap();
+    }
+    let total = sent + usize::from(tail != 0);
+    for _ in 0..total {
+        let (id, _, _) = c.recv();
+        assert_eq!(id, TGETATTR + 1);
+    }
+}

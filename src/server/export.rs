@@ -297,6 +297,21 @@ impl Export {
     /// The root is missing, not a directory, or cannot be opened; or the
     /// driver is not available.
     pub fn open(options: ExportOptions, compat: Compat) -> Result<Rc<Export>, String> {
+        Export::open_with_fd_limit(options, compat, None)
+    }
+
+    /// [`Export::open`] with fd-reclaim thresholds computed for a soft fd
+    /// limit of `soft` instead of the process's RLIMIT_NOFILE (for tests
+    /// that exercise reclaim without lowering the process limit).
+    ///
+    /// # Errors
+    ///
+    /// As [`Export::open`].
+    pub fn open_with_fd_limit(
+        options: ExportOptions,
+        compat: Compat,
+        soft: Option<usize>,
+    ) -> Result<Rc<Export>, String> {
         let (ops, mut flags): (Arc<dyn FileOperations>, u32) = match &options.driver {
             FsDriver::Synth => (Arc::new(SynthFs::with_qtest_fixtures(compat)), 0),
             FsDriver::Local { .. } => {
@@ -321,7 +336,7 @@ impl Export {
             max_xattr: options.max_xattr,
             compat,
             root_dev: root.dev,
-            fds: FdBudget::from_rlimit(),
+            fds: soft.map_or_else(FdBudget::from_rlimit, FdBudget::new),
             options,
         }))
     }

@@ -273,7 +273,15 @@ impl V9fsState {
             }
         }
         if !handles.is_empty() {
-            co::co_close_many(co, self, handles);
+            match self.compat() {
+                crate::Compat::Master => co::co_close_many(co, self, handles),
+                // QEMU 7.2 closed them one hop at a time.
+                crate::Compat::V7_2 => {
+                    for h in handles {
+                        co::co_close_many(co, self, vec![h]);
+                    }
+                }
+            }
         }
         for f in &victims {
             let _ = self.put_fid(co, f);

@@ -123,6 +123,11 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 impl TestServer {
     /// Serves `fsdev` on a fresh Unix socket.
     pub fn start(fsdev: &str, compat: Compat) -> TestServer {
+        TestServer::start_with_fd_limit(fsdev, compat, None)
+    }
+
+    /// As `start`, with fd-reclaim thresholds for a soft limit of `soft`.
+    pub fn start_with_fd_limit(fsdev: &str, compat: Compat, soft: Option<usize>) -> TestServer {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path =
             std::env::temp_dir().join(format!("coro9p-test-{}-{n}.sock", std::process::id()));
@@ -130,7 +135,7 @@ impl TestServer {
         let (ready_tx, ready_rx) = mpsc::channel();
         let fsdev = fsdev.to_string();
         let sock = path.clone();
-        let thread = thread::spawn(move || serve(&fsdev, compat, &sock, stop_rx, ready_tx));
+        let thread = thread::spawn(move || serve(&fsdev, compat, soft, &sock, stop_rx, ready_tx));
         ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server did not start");
@@ -157,6 +162,7 @@ impl TestServer {
 fn serve(
     fsdev: &str,
     compat: Compat,
+    soft: Option<usize>,
     path: &std::path::Path,
     stop_rx: UnixStream,
     ready: mpsc::Sender<()>,
@@ -166,7 +172,8 @@ fn serve(
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let export = Export::open(ExportOptions::parse(fsdev).unwrap(), compat).unwrap();
+    let export =
+        Export::open_with_fd_limit(ExportOptions::parse(fsdev).unwrap(), compat, soft).unwrap();
     let listener = listen(
         &exec,
         Rc::clone(&export),
