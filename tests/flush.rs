@@ -204,7 +204,7 @@ fn past_the_fd_high_water_mark_idle_handles_are_reclaimed_and_reopened() {
     let opens = hops("Tlopen");
     assert_eq!(opens.len(), 50);
     assert!(
-        opens.iter().any(|&h| h == 4),
+        opens.contains(&4),
         "an open past the mark closes idle handles in one more hop: {opens:?}"
     );
     let reads = hops("Tread");
