@@ -7,6 +7,7 @@
 //! from worker jobs (the `co_*` functions in `src/co/`). Each failure is the
 //! host errno, unchanged.
 
+pub mod local;
 pub mod synth;
 
 use std::sync::atomic::AtomicU64;

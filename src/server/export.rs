@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::fsdev::local::{LocalFs, LocalModel};
 use crate::fsdev::synth::SynthFs;
-use crate::fsdev::{ExportFlags, FileOperations};
+use crate::fsdev::{Errno, ExportFlags, FileOperations};
 use crate::Compat;
 
 /// `security_model=`.
@@ -314,8 +315,48 @@ impl Export {
     ) -> Result<Rc<Export>, String> {
         let (ops, mut flags): (Arc<dyn FileOperations>, u32) = match &options.driver {
             FsDriver::Synth => (Arc::new(SynthFs::with_qtest_fixtures(compat)), 0),
-            FsDriver::Local { .. } => {
-                return Err("the local fsdriver is not available in this build yet".into())
+            FsDriver::Local {
+                path,
+                security_model,
+                writeout_immediate,
+                multidevs,
+                ..
+            } => {
+                let model = match security_model {
+                    SecurityModel::Passthrough => LocalModel::Passthrough,
+                    SecurityModel::None => LocalModel::None,
+                    SecurityModel::MappedXattr => {
+                        return Err("security_model=mapped-xattr is not supported yet".into())
+                    }
+                    SecurityModel::MappedFile => {
+                        return Err("security_model=mapped-file is not supported yet".into())
+                    }
+                };
+                let fs = LocalFs::open(path, model, *writeout_immediate).map_err(|e| match e {
+                    Errno::ENOENT => format!("the export root {} does not exist", path.display()),
+                    Errno::ENOTDIR => {
+                        format!("the export root {} is not a directory", path.display())
+                    }
+                    e => format!(
+                        "cannot open the export root {}: {}",
+                        path.display(),
+                        e.desc()
+                    ),
+                })?;
+                let mut flags = ExportFlags::PATHNAME_FSCONTEXT;
+                if *writeout_immediate {
+                    flags |= ExportFlags::IMMEDIATE_WRITEOUT;
+                }
+                let multidevs = multidevs.unwrap_or(match compat {
+                    Compat::Master => Multidevs::Remap,
+                    Compat::V7_2 => Multidevs::Warn,
+                });
+                flags |= match multidevs {
+                    Multidevs::Remap => ExportFlags::REMAP_INODES,
+                    Multidevs::Forbid => ExportFlags::FORBID_MULTIDEVS,
+                    Multidevs::Warn => 0,
+                };
+                (Arc::new(fs), flags)
             }
         };
         flags |= ops.export_flags().0;
