@@ -449,7 +449,7 @@ fn getattr_of_the_root() {
     c.attach();
     let r = c.ok(TGETATTR, &le![d 0, q 0x3fff]);
     let want = le![
-        q 0x7ff, Q ROOT_QID, d (libc::S_IFDIR | 0o555), d 0, d 0, q 6, q 0, q 0,
+        q 0x17ff, Q ROOT_QID, d (libc::S_IFDIR | 0o555), d 0, d 0, q 6, q 0, q 0,
         q 32768 - 24, q 0, q 0, q 0, q 0, q 0, q 0, q 0, q 0, q 0, q 0, q 0
     ];
     assert_eq!(r, want);

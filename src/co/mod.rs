@@ -241,8 +241,14 @@ pub(crate) fn co_name_to_path(
     hop(co, s, move |ops| ops.name_to_path(dir.as_ref(), &name))
 }
 
-/// `v9fs_co_st_gen`; the caller checks that the driver has it.
+/// `v9fs_co_st_gen`: 0 with no hop when the driver has no generations.
 pub(crate) fn co_st_gen(co: &Co, s: &V9fsState, path: &V9fsPath, mode: u32) -> FsResult<u64> {
+    if !s.export.ops.has_st_gen() {
+        if co.is_cancelled() {
+            return Err(Errno::EINTR);
+        }
+        return Ok(0);
+    }
     let path = path.clone();
     path_hop(co, s, move |ops| ops.get_st_gen(&path, mode))
 }
@@ -324,19 +330,24 @@ pub(crate) fn co_closedir(co: &Co, s: &V9fsState, dir: DirHandle) -> FsResult<()
     close_hop(co, s, vec![Handle::Dir(dir)])
 }
 
-/// Closes every handle of an fd reclaim in one hop.
+/// Closes every handle of an fd reclaim in one hop; like QEMU's reclaim
+/// block, it runs even for a cancelled request.
 pub(crate) fn co_close_many(co: &Co, s: &V9fsState, handles: Vec<Handle>) {
-    let _ = close_hop(co, s, handles);
+    let n = handles.len();
+    co.run_in_worker(move || drop(handles));
+    s.export.fds.closed(n);
 }
 
 fn close_hop(co: &Co, s: &V9fsState, handles: Vec<Handle>) -> FsResult<()> {
     let n = handles.len();
-    hop(co, s, move |_| {
+    // A cancelled request answers EINTR without the hop, as in QEMU, but
+    // unlike QEMU the handles are not leaked: they close here when dropped.
+    let r = hop(co, s, move |_| {
         drop(handles);
         Ok(())
-    })?;
+    });
     s.export.fds.closed(n);
-    Ok(())
+    r
 }
 
 /// `v9fs_co_fsync`.
@@ -373,9 +384,30 @@ pub(crate) fn co_futimens(
 }
 
 /// `v9fs_co_ftruncate`.
-pub(crate) fn co_ftruncate(co: &Co, s: &V9fsState, file: &FileHandle, size: u64) -> FsResult<()> {
-    let file = Arc::clone(file);
-    hop(co, s, move |_| file.ftruncate(size))
+pub(crate) fn co_ftruncate(co: &Co, s: &V9fsState, h: &Handle, size: u64) -> FsResult<()> {
+    match h {
+        Handle::File(f) => {
+            let f = Arc::clone(f);
+            hop(co, s, move |_| f.ftruncate(size))
+        }
+        Handle::Dir(d) => {
+            let d = Arc::clone(d);
+            hop(co, s, move |_| lock_dir(&d).ftruncate(size))
+        }
+    }
+}
+
+/// QEMU 7.2's fsync, fstat (Tlock, Tgetlock) or Twstat-fsync on a fid that
+/// was never opened: the driver ran on whatever the fid's union held, in a
+/// hop. Synth answers success; for the local driver that was fd 0 of the
+/// QEMU process, whose result `on_local` stands for.
+pub(crate) fn co_unopened_handle_op(
+    co: &Co,
+    s: &V9fsState,
+    on_local: FsResult<()>,
+) -> FsResult<()> {
+    let r = if s.is_path_based() { on_local } else { Ok(()) };
+    hop(co, s, move |_| r)
 }
 
 /// `v9fs_co_preadv`: up to `len` bytes at `offset`.

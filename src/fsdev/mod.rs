@@ -151,6 +151,27 @@ pub struct SessionCtx {
     pub xattr_fid_count: Arc<AtomicU64>,
 }
 
+/// C's `atoi`, as QEMU parses numbers in Tcreate extensions and mapped-file
+/// metadata: leading white space, a sign, digits; anything else ends it, and
+/// garbage is 0.
+pub(crate) fn c_atoi(s: &[u8]) -> i32 {
+    let skip = s
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace() || **b == 0x0b)
+        .count();
+    let s = &s[skip..];
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut n: i64 = 0;
+    for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
+        n = (n * 10 + i64::from(b - b'0')).min(1 << 32);
+    }
+    (if neg { -n } else { n }) as i32
+}
+
 /// An open file (QEMU's `V9fsFidOpenState` for a FILE fid).
 pub trait OpenFile: Send + Sync {
     /// Reads at `offset` into `buf`; the bytes read.
@@ -186,6 +207,11 @@ pub trait DirStream: Send {
     fn fsync(&self, datasync: bool) -> FsResult<()>;
     /// `futimens` on the directory.
     fn futimens(&self, times: &[Timespec; 2]) -> FsResult<()>;
+    /// `ftruncate` on the directory, which the kernel refuses with EINVAL
+    /// (QEMU calls it all the same for Tsetattr on an open directory).
+    fn ftruncate(&self, _size: u64) -> FsResult<()> {
+        Err(Errno::EINVAL)
+    }
     /// As [`OpenFile::has_valid_handle`].
     fn has_valid_handle(&self) -> bool;
 }
@@ -279,5 +305,19 @@ pub trait FileOperations: Send + Sync {
     /// The inode generation number (FS_IOC_GETVERSION).
     fn get_st_gen(&self, _path: &V9fsPath, _mode: u32) -> FsResult<u64> {
         Err(Errno::ENOTTY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::c_atoi;
+
+    #[test]
+    fn atoi_reads_like_c() {
+        assert_eq!(c_atoi(b"12"), 12);
+        assert_eq!(c_atoi(b"  3abc"), 3);
+        assert_eq!(c_atoi(b"garbage"), 0);
+        assert_eq!(c_atoi(b"-1"), -1);
+        assert_eq!(c_atoi(b"+7\n"), 7);
     }
 }

@@ -82,9 +82,12 @@ pub(crate) fn v9fs_getattr(
             Some(Handle::Dir(d)) => co::co_fstat_dir(co, s, &d)?,
             None => co::co_lstat(co, s, &path)?,
         };
+        let qid = s.stat_to_qid(&st)?;
         let mut valid = P9_STATS_BASIC;
         let mut gen = 0;
-        if m.request_mask & P9_STATS_GEN != 0 && s.export.ops.has_st_gen() {
+        if m.request_mask & P9_STATS_GEN != 0 {
+            // A driver without generations answers 0 without a hop, and that
+            // counts as success: GEN is valid.
             match co::co_st_gen(co, s, &path, st.mode) {
                 Ok(g) => {
                     gen = g;
@@ -94,7 +97,6 @@ pub(crate) fn v9fs_getattr(
                 Err(_) => {}
             }
         }
-        let qid = s.stat_to_qid(&st)?;
         Ok(Rgetattr {
             valid,
             qid,
@@ -178,8 +180,8 @@ pub(crate) fn v9fs_setattr(
         }
         if v & P9_ATTR_SIZE != 0 {
             match &handle {
-                Some(Handle::File(f)) => co::co_ftruncate(co, s, f, m.size)?,
-                _ => co::co_truncate(co, s, &path, m.size)?,
+                Some(h) => co::co_ftruncate(co, s, h, m.size)?,
+                None => co::co_truncate(co, s, &path, m.size)?,
             }
         }
         Ok(Rsetattr {}.into())
@@ -355,8 +357,7 @@ pub(crate) fn v9fs_wstat(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
     with_fid(co, s, fid, Errno::EINVAL, |fidp| {
         let path = fidp.borrow().path.clone();
         if donttouch_stat(&v9stat) {
-            let h = valid_handle(fidp).ok_or(Errno::EBADF)?;
-            co::co_fsync(co, s, &h, false)?;
+            super::file::fsync_fid(co, s, fidp, false)?;
             return Ok(Rwstat {}.into());
         }
         if v9stat.mode != u32::MAX {

@@ -228,15 +228,24 @@ impl V9fsState {
     /// them, and reopen those already reclaimed.
     pub(crate) fn mark_fids_unreclaim(&self, co: &Co, path: &V9fsPath) -> Result<(), Errno> {
         let _lock = self.path_read_lock(co);
-        for f in self.fids_with_path(path) {
-            f.borrow_mut().flags |= FID_NON_RECLAIMABLE;
-            f.borrow_mut().refcount += 1;
-            let r = self.reopen_if_reclaimed(co, &f);
-            let put = self.put_fid(co, &f);
-            r?;
-            put?;
+        // Mark and hold all of them first: reopening yields, and the table
+        // may change meanwhile.
+        let fids = self.fids_with_path(path);
+        for f in &fids {
+            let mut st = f.borrow_mut();
+            st.flags |= FID_NON_RECLAIMABLE;
+            st.refcount += 1;
         }
-        Ok(())
+        let mut result = Ok(());
+        for f in &fids {
+            if result.is_ok() {
+                result = self.reopen_if_reclaimed(co, f);
+            }
+        }
+        for f in &fids {
+            let _ = self.put_fid(co, f);
+        }
+        result
     }
 
     /// `v9fs_reclaim_fd`: when open handles pass the high-water mark, close

@@ -15,7 +15,7 @@ use super::fid::{FidRef, OpenState, FID_NON_RECLAIMABLE};
 use super::session::with_fid;
 use super::{FidType, HandlerResult, Pdu, V9fsState};
 use crate::co::{self, c_name};
-use crate::fsdev::{FileStat, FsCred, V9fsPath};
+use crate::fsdev::{FsCred, V9fsPath};
 use crate::protocol::{
     Data, Dialect, Fid, Msg, Rcreate, Rfsync, Rgetlock, Rlcreate, Rlock, Rlopen, Rread, Rwrite,
     Tcreate, Tfsync, Tgetlock, Tlcreate, Tlock, Topen, Tread, Twrite, Wire, Writer,
@@ -95,9 +95,9 @@ fn writes(flags: i32) -> bool {
 
 /// `v9fs_open` (Tlopen and Topen): decoded by the negotiated dialect.
 pub(crate) fn v9fs_open(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) -> HandlerResult {
-    let (fid, flags) = match Msg::decode(pdu.id(), body, s.dialect()) {
-        Ok(Msg::Tlopen(m)) => (m.fid, dotl_open_flags(m.flags)),
-        Ok(Msg::Topen(Topen { fid, mode })) => (fid, omode_to_uflags(mode)),
+    let (fid, flags, raw) = match Msg::decode(pdu.id(), body, s.dialect()) {
+        Ok(Msg::Tlopen(m)) => (m.fid, dotl_open_flags(m.flags), m.flags as i32),
+        Ok(Msg::Topen(Topen { fid, mode })) => (fid, omode_to_uflags(mode), mode as i32),
         Ok(_) => return Err(Errno::EIO),
         Err(e) => return Err(s.decode_failed(pdu, e)),
     };
@@ -113,7 +113,11 @@ pub(crate) fn v9fs_open(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) 
             fidp.borrow_mut().open = OpenState::Dir(Some(d));
             return Ok(Rlopen { qid, iounit: 0 }.into());
         }
-        if s.export.readonly && writes(flags) {
+        // Master checks the host flags. 7.2 checked the raw mode instead,
+        // which let a 9P2000.u Otrunc through (CVE-2026-63318): under 7.2
+        // both checks apply, so the fix stays.
+        let refused = writes(flags) || (s.compat() == Compat::V7_2 && writes(raw));
+        if s.export.readonly && refused {
             return Err(Errno::EROFS);
         }
         let h = co::co_open(co, s, &path, flags)?;
@@ -343,12 +347,26 @@ pub(crate) fn v9fs_write(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
 }
 
 /// The handle fsync, Tlock and Tgetlock use; master answers EBADF without
-/// one, 7.2 went on (synth: success).
+/// one (see `co_unopened_handle_op` for 7.2).
 fn lock_handle(s: &V9fsState, fidp: &FidRef) -> Result<Option<co::Handle>, Errno> {
     match valid_handle(fidp) {
         Some(h) => Ok(Some(h)),
-        None if s.compat() == Compat::V7_2 && !s.is_path_based() => Ok(None),
+        None if s.compat() == Compat::V7_2 => Ok(None),
         None => Err(Errno::EBADF),
+    }
+}
+
+/// fsync of a fid's handle (Tfsync, Twstat's "don't touch").
+pub(crate) fn fsync_fid(
+    co: &Co,
+    s: &V9fsState,
+    fidp: &FidRef,
+    datasync: bool,
+) -> Result<(), Errno> {
+    match lock_handle(s, fidp)? {
+        Some(h) => co::co_fsync(co, s, &h, datasync),
+        // fsync(0): a daemonised QEMU's stdin is /dev/null, which refuses it.
+        None => co::co_unopened_handle_op(co, s, Err(Errno::EINVAL)),
     }
 }
 
@@ -356,17 +374,18 @@ fn lock_handle(s: &V9fsState, fidp: &FidRef) -> Result<Option<co::Handle>, Errno
 pub(crate) fn v9fs_fsync(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) -> HandlerResult {
     let m: Tfsync = s.unmarshal(pdu, body)?;
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
-        if let Some(h) = lock_handle(s, fidp)? {
-            co::co_fsync(co, s, &h, m.datasync != 0)?;
-        }
+        fsync_fid(co, s, fidp, m.datasync != 0)?;
         Ok(Rfsync {}.into())
     })
 }
 
-fn fstat_handle(co: &Co, s: &V9fsState, h: &co::Handle) -> Result<FileStat, Errno> {
-    match h {
-        co::Handle::File(f) => co::co_fstat(co, s, f),
-        co::Handle::Dir(d) => co::co_fstat_dir(co, s, d),
+/// The fstat Tlock and Tgetlock make as a validity check.
+fn lock_fstat(co: &Co, s: &V9fsState, fidp: &FidRef) -> Result<(), Errno> {
+    match lock_handle(s, fidp)? {
+        Some(co::Handle::File(f)) => co::co_fstat(co, s, &f).map(drop),
+        Some(co::Handle::Dir(d)) => co::co_fstat_dir(co, s, &d).map(drop),
+        // fstat(0) succeeds in practice.
+        None => co::co_unopened_handle_op(co, s, Ok(())),
     }
 }
 
@@ -378,9 +397,7 @@ pub(crate) fn v9fs_lock(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) 
         return Err(Errno::EINVAL);
     }
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
-        if let Some(h) = lock_handle(s, fidp)? {
-            fstat_handle(co, s, &h)?;
-        }
+        lock_fstat(co, s, fidp)?;
         Ok(Rlock {
             status: P9_LOCK_SUCCESS,
         }
@@ -397,9 +414,7 @@ pub(crate) fn v9fs_getlock(
 ) -> HandlerResult {
     let m: Tgetlock = s.unmarshal(pdu, body)?;
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
-        if let Some(h) = lock_handle(s, fidp)? {
-            fstat_handle(co, s, &h)?;
-        }
+        lock_fstat(co, s, fidp)?;
         Ok(Rgetlock {
             ty: P9_LOCK_TYPE_UNLCK,
             start: m.start,
@@ -444,11 +459,7 @@ pub(crate) fn v9fs_create(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]
             move_fid(co, s, fidp, path);
             st
         } else if perm & P9_STAT_MODE_LINK != 0 {
-            let nfid = std::str::from_utf8(ext)
-                .ok()
-                .and_then(|t| t.trim().parse::<i64>().ok())
-                .map(|n| Fid(n as u32))
-                .ok_or(Errno::EINVAL)?;
+            let nfid = Fid(crate::fsdev::c_atoi(ext) as u32);
             let old = with_fid(co, s, nfid, Errno::EINVAL, |o| Ok(o.borrow().path.clone()))?;
             co::co_link(co, s, &old, &dir, name)?;
             let path = co::co_name_to_path(co, s, Some(&dir), name)?;
@@ -503,22 +514,28 @@ fn move_fid(co: &Co, s: &V9fsState, fidp: &FidRef, path: V9fsPath) {
     fidp.borrow_mut().path = path;
 }
 
-/// "c MAJ MIN" or "b MAJ MIN" (`sscanf("%c %u %u")`).
+/// `%u` of sscanf: white space, then digits (at least one).
+fn scan_u32(s: &[u8]) -> Option<(u32, &[u8])> {
+    let s = trim_c_space(s);
+    let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let v = std::str::from_utf8(&s[..n]).ok()?.parse().ok()?;
+    Some((v, &s[n..]))
+}
+
+fn trim_c_space(s: &[u8]) -> &[u8] {
+    let n = s
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace() || **b == 0x0b)
+        .count();
+    &s[n..]
+}
+
+/// "c MAJ MIN" or "b MAJ MIN" as `sscanf("%c %u %u")` reads it: the first
+/// byte is the kind, whatever it is.
 fn parse_device(ext: &[u8]) -> Result<(u8, u32, u32), Errno> {
-    let text = std::str::from_utf8(ext).map_err(|_| Errno::EINVAL)?;
-    let mut it = text.split_whitespace();
-    let kind = it
-        .next()
-        .and_then(|k| k.bytes().next())
-        .ok_or(Errno::EINVAL)?;
-    let major = it
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or(Errno::EINVAL)?;
-    let minor = it
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or(Errno::EINVAL)?;
+    let (&kind, rest) = ext.split_first().ok_or(Errno::EINVAL)?;
+    let (major, rest) = scan_u32(rest).ok_or(Errno::EINVAL)?;
+    let (minor, _) = scan_u32(rest).ok_or(Errno::EINVAL)?;
     Ok((kind, major, minor))
 }
 
@@ -551,8 +568,11 @@ mod tests {
     }
 
     #[test]
-    fn device_extensions() {
+    fn device_extensions_read_like_sscanf() {
         assert_eq!(parse_device(b"c 1 3"), Ok((b'c', 1, 3)));
+        assert_eq!(parse_device(b"c1 3"), Ok((b'c', 1, 3)));
+        // %c takes the space: not a c or b, so Tcreate answers EIO.
+        assert_eq!(parse_device(b" c 1 3"), Ok((b' ', 1, 3)));
         assert_eq!(parse_device(b"x 1 3"), Ok((b'x', 1, 3)));
         assert_eq!(parse_device(b"c 1"), Err(Errno::EINVAL));
     }
