@@ -1,5 +1,16 @@
-//! QEMU's qos-test virtio-9p cases, ported to run against coro9p (and
-//! against QEMU itself), with a qos-test-like runner.
+//! QEMU's qos-test virtio-9p cases, ported to run against coro9p, with a
+//! qos-test-like runner (`qos-test`).
 //!
-//! The cases arrive with the qtest-compat issue; this crate has its own 9P
-//! client codec on purpose, so that a codec bug cannot hide on both sides.
+//! The client marshals with its own code ([`wire`]), not coro9p's codec,
+//! so that one bug cannot hide on both sides. [`transport`] abstracts the
+//! virtio request/used-ring contract the cases rely on; [`cases`] holds the
+//! 34 cases of QEMU master's tests/qtest/virtio-9p-test.c under their
+//! qos-test paths; [`runner`] runs them as qos-test does.
+
+#![warn(missing_docs)]
+
+pub mod cases;
+pub mod client;
+pub mod runner;
+pub mod transport;
+pub mod wire;
