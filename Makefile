@@ -1,7 +1,7 @@
 # coro9p: the two commands a new machine needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test lint fmt bench clean
+.PHONY: all build run test lint fmt bench qtest clean
 
 all: build
 
@@ -30,6 +30,13 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# QEMU's qos-test virtio-9p cases against coro9p: every case, slow ones
+# included, with both client buffer sizes (QEMU master's and 7.2's).
+qtest:
+	$(CARGO) build --workspace
+	./target/debug/qos-test -m slow
+	./target/debug/qos-test -m slow --max-size 4096
 
 # Medians, never timed tests: see benches/ for what is measured.
 bench:
