@@ -165,11 +165,13 @@ pub(crate) fn c_atoi(s: &[u8]) -> i32 {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let mut n: i64 = 0;
+    // glibc's atoi is (int)strtol: saturate at the long range, then wrap.
+    let mut n: i128 = 0;
     for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
-        n = (n * 10 + i64::from(b - b'0')).min(1 << 32);
+        n = (n * 10 + i128::from(b - b'0')).min(i128::from(i64::MAX) + 1);
     }
-    (if neg { -n } else { n }) as i32
+    let n = if neg { -n } else { n };
+    n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64 as i32
 }
 
 /// An open file (QEMU's `V9fsFidOpenState` for a FILE fid).
@@ -319,5 +321,8 @@ mod tests {
         assert_eq!(c_atoi(b"garbage"), 0);
         assert_eq!(c_atoi(b"-1"), -1);
         assert_eq!(c_atoi(b"+7\n"), 7);
+        // (int)LONG_MAX and (int)LONG_MIN, as glibc gives them.
+        assert_eq!(c_atoi(b"99999999999999999999"), -1);
+        assert_eq!(c_atoi(b"-99999999999999999999"), 0);
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::fsdev::local::{LocalFs, LocalModel};
+use crate::fsdev::local::{LocalFs, LocalModel, DEFAULT_DMODE, DEFAULT_FMODE};
 use crate::fsdev::synth::SynthFs;
 use crate::fsdev::{Errno, ExportFlags, FileOperations};
 use crate::Compat;
@@ -320,17 +320,14 @@ impl Export {
                 security_model,
                 writeout_immediate,
                 multidevs,
-                ..
+                fmode,
+                dmode,
             } => {
                 let model = match security_model {
                     SecurityModel::Passthrough => LocalModel::Passthrough,
                     SecurityModel::None => LocalModel::None,
-                    SecurityModel::MappedXattr => {
-                        return Err("security_model=mapped-xattr is not supported yet".into())
-                    }
-                    SecurityModel::MappedFile => {
-                        return Err("security_model=mapped-file is not supported yet".into())
-                    }
+                    SecurityModel::MappedXattr => LocalModel::MappedXattr,
+                    SecurityModel::MappedFile => LocalModel::MappedFile,
                 };
                 let fs = LocalFs::open(path, model, *writeout_immediate).map_err(|e| match e {
                     Errno::ENOENT => format!("the export root {} does not exist", path.display()),
@@ -343,6 +340,11 @@ impl Export {
                         e.desc()
                     ),
                 })?;
+                // The parser takes fmode/dmode only with the mapped models.
+                let fs = fs.with_create_modes(
+                    fmode.unwrap_or(DEFAULT_FMODE),
+                    dmode.unwrap_or(DEFAULT_DMODE),
+                );
                 let mut flags = ExportFlags::PATHNAME_FSCONTEXT;
                 if *writeout_immediate {
                     flags |= ExportFlags::IMMEDIATE_WRITEOUT;

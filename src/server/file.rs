@@ -571,8 +571,8 @@ mod tests {
     fn device_extensions_read_like_sscanf() {
         assert_eq!(parse_device(b"c 1 3"), Ok((b'c', 1, 3)));
         assert_eq!(parse_device(b"c1 3"), Ok((b'c', 1, 3)));
-        // %c takes the space: not a c or b, so Tcreate answers EIO.
-        assert_eq!(parse_device(b" c 1 3"), Ok((b' ', 1, 3)));
+        // %c takes the space, then %u meets "c": fewer than 3 conversions.
+        assert_eq!(parse_device(b" c 1 3"), Err(Errno::EINVAL));
         assert_eq!(parse_device(b"x 1 3"), Ok((b'x', 1, 3)));
         assert_eq!(parse_device(b"c 1"), Err(Errno::EINVAL));
     }

@@ -1,5 +1,5 @@
 //! The local driver (QEMU's 9p-local.c): a host directory, served with the
-//! `passthrough` or `none` security model.
+//! `passthrough`, `none`, `mapped-xattr` or `mapped-file` security model.
 //!
 //! A [`V9fsPath`] is the byte string of a path relative to the export root:
 //! `.` for the root, `./a/b` below it. No host path is ever built from those
@@ -15,6 +15,20 @@
 //! Opening anything but a regular file or a directory fails with ENXIO (the
 //! CVE-2023-2861 fix), except the internal `O_PATH` open used by chmod.
 //! Every failure is the host errno, unchanged.
+//!
+//! The mapped models (`mapped.rs`) create only regular files and directories
+//! on the host, owned by the server, and keep the client's credentials
+//! aside: in `user.virtfs.*` xattrs (mapped-xattr) or in `.virtfs_metadata`
+//! files (mapped-file), byte for byte as QEMU stores them. That metadata is
+//! never reachable by a client: the xattr tables (`xattr.rs`) hide the
+//! `user.virtfs.` names, and under mapped-file the metadata names are
+//! refused by every path operation and the walk, and left out of readdir
+//! (the CVE-2017-7493 class).
+
+mod mapped;
+#[cfg(test)]
+mod mapped_tests;
+mod xattr;
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -30,12 +44,13 @@ use nix::sys::time::TimeSpec;
 use nix::sys::uio;
 use nix::unistd::{self, Gid, Uid, UnlinkatFlags, Whence};
 
+use self::mapped::MappedCred;
 use super::{
     DirEnt, DirHandle, DirStream, Errno, ExportFlags, FileHandle, FileOperations, FileStat, FsCred,
     FsResult, OpenFile, SessionCtx, StatFs, Timespec, V9fsPath,
 };
 
-/// The security models this driver implements so far.
+/// The security models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalModel {
     /// Objects are created with the client's credentials; a failing chown
@@ -44,7 +59,24 @@ pub enum LocalModel {
     /// As passthrough, but a failing chown at creation is ignored, and POSIX
     /// ACL xattrs are not supported.
     None,
+    /// Objects are regular files and directories owned by the server; the
+    /// client's credentials live in `user.virtfs.*` xattrs.
+    MappedXattr,
+    /// As mapped-xattr, with the credentials in `.virtfs_metadata` files.
+    MappedFile,
 }
+
+impl LocalModel {
+    /// Whether this is one of the mapped models.
+    pub fn is_mapped(self) -> bool {
+        matches!(self, LocalModel::MappedXattr | LocalModel::MappedFile)
+    }
+}
+
+/// QEMU's `SM_LOCAL_MODE_BITS`: the default `fmode`.
+pub const DEFAULT_FMODE: u32 = 0o600;
+/// QEMU's `SM_LOCAL_DIR_MODE_BITS`: the default `dmode`.
+pub const DEFAULT_DMODE: u32 = 0o700;
 
 /// File systems whose inodes have a generation number that
 /// FS_IOC_GETVERSION reports (ext2/3/4, btrfs, reiserfs, xfs).
@@ -63,6 +95,10 @@ pub struct LocalFs {
     mountfd: OwnedFd,
     model: LocalModel,
     writeout_immediate: bool,
+    /// Permissions of the host files the mapped models create.
+    fmode: u32,
+    /// Permissions of the host directories the mapped models create.
+    dmode: u32,
     /// Whether the export's file system has inode generations.
     st_gen: bool,
     /// Whether a refused special-file open was logged already.
@@ -142,7 +178,7 @@ fn cstring(bytes: &[u8]) -> FsResult<CString> {
 
 /// `/proc/self/fd/<dirfd>/<name>`: the node `name` in an open directory, as
 /// a path whose last component the `l*xattr` calls do not follow.
-fn proc_node_path(dirfd: &OwnedFd, name: &[u8]) -> FsResult<CString> {
+fn proc_node_path(dirfd: BorrowedFd<'_>, name: &[u8]) -> FsResult<CString> {
     let mut p = format!("/proc/self/fd/{}/", dirfd.as_raw_fd()).into_bytes();
     p.extend_from_slice(name);
     cstring(&p)
@@ -197,6 +233,17 @@ fn sys_lremovexattr(path: &CStr, name: &CStr) -> FsResult<()> {
     Errno::result(r).map(drop)
 }
 
+/// Opens the directory `name` in `dirfd` as an `O_PATH` handle, without
+/// following it (QEMU's `openat_dir`).
+fn openat_dir(dirfd: BorrowedFd<'_>, name: &[u8]) -> FsResult<OwnedFd> {
+    fcntl::openat(
+        dirfd,
+        name,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 /// The directory a walk is at: the export root, or the last component
 /// opened.
 fn at<'a>(root: &'a OwnedFd, cur: &'a Option<OwnedFd>) -> BorrowedFd<'a> {
@@ -205,7 +252,9 @@ fn at<'a>(root: &'a OwnedFd, cur: &'a Option<OwnedFd>) -> BorrowedFd<'a> {
 
 impl LocalFs {
     /// Opens the export root `root` (following symlinks, as QEMU does) and
-    /// checks whether its file system has inode generations.
+    /// checks whether its file system has inode generations. The mapped
+    /// models create with [`DEFAULT_FMODE`] and [`DEFAULT_DMODE`] until
+    /// [`LocalFs::with_create_modes`] says otherwise.
     ///
     /// # Errors
     ///
@@ -224,9 +273,20 @@ impl LocalFs {
             mountfd,
             model,
             writeout_immediate,
+            fmode: DEFAULT_FMODE,
+            dmode: DEFAULT_DMODE,
             st_gen,
             special_logged: AtomicBool::new(false),
         })
+    }
+
+    /// Sets the `fmode`/`dmode` permissions of the host files and
+    /// directories the mapped models create (masked with 0777; as in QEMU,
+    /// the process umask still applies to them).
+    pub fn with_create_modes(mut self, fmode: u32, dmode: u32) -> LocalFs {
+        self.fmode = fmode & 0o777;
+        self.dmode = dmode & 0o777;
+        self
     }
 
     /// QEMU's `openat_file`: opens `name` in `dirfd` without following it,
@@ -270,7 +330,10 @@ impl LocalFs {
 
     /// QEMU's `local_open_nofollow`: walks `path` from the export root, one
     /// component at a time, never following a symlink; the last component
-    /// is opened with `flags` as [`LocalFs::openat_file`] does.
+    /// is opened with `flags` as [`LocalFs::openat_file`] does. Under
+    /// mapped-file a metadata name anywhere in the path is refused (EINVAL):
+    /// the server never makes such a path, and the driver reaches its
+    /// metadata without this walk.
     fn open_nofollow(&self, path: &[u8], flags: OFlag, mode: Mode) -> FsResult<OwnedFd> {
         let path: &[u8] = if path.is_empty() { b"." } else { path };
         let mut comps = path.split(|&b| b == b'/').peekable();
@@ -278,6 +341,7 @@ impl LocalFs {
         while let Some(comp) = comps.next() {
             if comp != b"." {
                 check_component(comp)?;
+                self.check_not_metadata(comp)?;
             }
             let dirfd = at(&self.mountfd, &cur);
             if comps.peek().is_none() {
@@ -287,19 +351,33 @@ impl LocalFs {
                 // "./a": the root itself; no need to reopen it.
                 continue;
             }
-            let next = fcntl::openat(
-                dirfd,
-                comp,
-                OFlag::O_DIRECTORY
-                    | OFlag::O_RDONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_PATH
-                    | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            cur = Some(next);
+            cur = Some(openat_dir(dirfd, comp)?);
         }
         unreachable!("split yields at least one component")
+    }
+
+    /// Under mapped-file, refuses the metadata names with EINVAL (QEMU's
+    /// `local_is_mapped_file_metadata` checks).
+    fn check_not_metadata(&self, name: &[u8]) -> FsResult<()> {
+        if self.model == LocalModel::MappedFile && mapped::is_metadata_name(name) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// A name of an entry in a directory (a new one, or one to unlink): no
+    /// separator, no `..`, and under mapped-file not a metadata name.
+    fn check_entry_name(&self, name: &[u8]) -> FsResult<()> {
+        check_component(name)?;
+        self.check_not_metadata(name)
+    }
+
+    /// Opens the dirname of `path` through the safe walk and returns it
+    /// with the basename (checked against the metadata names).
+    fn parent<'p>(&self, path: &'p V9fsPath) -> FsResult<(OwnedFd, &'p [u8])> {
+        let (dir, name) = split(&path.0);
+        self.check_not_metadata(name)?;
+        Ok((self.opendir_nofollow(dir)?, name))
     }
 
     /// QEMU's `local_opendir_nofollow`.
@@ -349,6 +427,44 @@ impl LocalFs {
         self.fchmodat_nofollow(dirfd, name, cred.mode & 0o7777)
     }
 
+    /// `rename`/`renameat` of `oname` in `odir` to `nname` in `ndir`; under
+    /// mapped-file the metadata file follows (QEMU's `local_renameat`).
+    fn rename_in(&self, odir: &[u8], oname: &[u8], ndir: &[u8], nname: &[u8]) -> FsResult<()> {
+        self.check_not_metadata(oname)?;
+        self.check_not_metadata(nname)?;
+        let odirfd = self.opendir_nofollow(odir)?;
+        let ndirfd = self.opendir_nofollow(ndir)?;
+        fcntl::renameat(&odirfd, oname, &ndirfd, nname)?;
+        if self.model == LocalModel::MappedFile {
+            let moved = mapped::carry_meta_file(
+                odirfd.as_fd(),
+                oname,
+                ndirfd.as_fd(),
+                nname,
+                mapped::Carry::Rename,
+            );
+            if let Err(e) = moved {
+                let _ = fcntl::renameat(&ndirfd, nname, &odirfd, oname);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `name` in `dirfd` (QEMU's `local_unlinkat_common`); under
+    /// mapped-file its metadata goes first.
+    fn unlink_common(
+        &self,
+        dirfd: BorrowedFd<'_>,
+        name: &[u8],
+        flag: UnlinkatFlags,
+    ) -> FsResult<()> {
+        if self.model == LocalModel::MappedFile {
+            mapped::remove_meta(dirfd, name, matches!(flag, UnlinkatFlags::RemoveDir))?;
+        }
+        unistd::unlinkat(dirfd, name, flag)
+    }
+
     /// Removes an object whose creation failed half-way; `err` is returned
     /// whatever the removal gives.
     fn undo_create(dirfd: BorrowedFd<'_>, name: &[u8], dir: bool, err: Errno) -> Errno {
@@ -360,61 +476,6 @@ impl LocalFs {
         let _ = unistd::unlinkat(dirfd, name, flag);
         err
     }
-
-    /// Namespace rules for get/set/remove (QEMU's xattr handler tables).
-    fn check_xattr_name(&self, name: &[u8]) -> FsResult<()> {
-        if name.starts_with(b"user.") {
-            Ok(())
-        } else if name.starts_with(b"system.posix_acl_") {
-            match self.model {
-                LocalModel::Passthrough => Ok(()),
-                LocalModel::None => Err(Errno::ENOTSUP),
-            }
-        } else {
-            Err(Errno::EOPNOTSUPP)
-        }
-    }
-
-    /// Whether a host xattr name is shown in lists.
-    fn xattr_listed(&self, name: &[u8]) -> bool {
-        name.starts_with(b"user.")
-            || (self.model == LocalModel::Passthrough && name.starts_with(b"system.posix_acl_"))
-    }
-
-    /// Runs `f` on the `/proc/self/fd/<dirfd>/<basename>` path of `path`,
-    /// with the directory kept open meanwhile.
-    fn with_xattr_node<T>(
-        &self,
-        path: &V9fsPath,
-        f: impl FnOnce(&CStr) -> FsResult<T>,
-    ) -> FsResult<T> {
-        let (dir, name) = split(&path.0);
-        let dirfd = self.opendir_nofollow(dir)?;
-        let node = proc_node_path(&dirfd, name)?;
-        f(&node)
-    }
-
-    /// The host's xattr list of `path`, filtered by namespace.
-    fn filtered_xattr_list(&self, path: &V9fsPath) -> FsResult<Vec<u8>> {
-        let raw = self.with_xattr_node(path, |node| {
-            let len = sys_llistxattr(node, &mut [])?;
-            if len == 0 {
-                return Ok(Vec::new());
-            }
-            let mut raw = vec![0u8; len];
-            let len = sys_llistxattr(node, &mut raw)?;
-            raw.truncate(len);
-            Ok(raw)
-        })?;
-        let mut out = Vec::new();
-        for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if self.xattr_listed(name) {
-                out.extend_from_slice(name);
-                out.push(0);
-            }
-        }
-        Ok(out)
-    }
 }
 
 impl FileOperations for LocalFs {
@@ -423,6 +484,8 @@ impl FileOperations for LocalFs {
         flags |= match self.model {
             LocalModel::Passthrough => ExportFlags::SM_PASSTHROUGH,
             LocalModel::None => ExportFlags::SM_NONE,
+            LocalModel::MappedXattr => ExportFlags::SM_MAPPED,
+            LocalModel::MappedFile => ExportFlags::SM_MAPPED_FILE,
         };
         if self.writeout_immediate {
             flags |= ExportFlags::IMMEDIATE_WRITEOUT;
@@ -431,6 +494,7 @@ impl FileOperations for LocalFs {
     }
 
     fn name_to_path(&self, dir: Option<&V9fsPath>, name: &[u8]) -> FsResult<V9fsPath> {
+        self.check_not_metadata(name)?;
         let Some(dir) = dir else {
             return Ok(match name {
                 b"/" | b"." | b".." => V9fsPath(b".".to_vec()),
@@ -460,33 +524,68 @@ impl FileOperations for LocalFs {
     }
 
     fn lstat(&self, path: &V9fsPath) -> FsResult<FileStat> {
-        let (dir, name) = split(&path.0);
-        let dirfd = self.opendir_nofollow(dir)?;
-        let st = stat::fstatat(&dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        Ok(file_stat(&st))
+        let (dirfd, name) = self.parent(path)?;
+        let mut st = file_stat(&stat::fstatat(&dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)?);
+        match self.model {
+            LocalModel::MappedXattr => {
+                let node = proc_node_path(dirfd.as_fd(), name)?;
+                mapped::apply_xattr_cred(&mut st, |n, buf| sys_lgetxattr(&node, n, buf));
+            }
+            LocalModel::MappedFile => self.apply_meta_file(dirfd.as_fd(), name, &mut st),
+            LocalModel::Passthrough | LocalModel::None => {}
+        }
+        Ok(st)
     }
 
     fn readlink(&self, path: &V9fsPath) -> FsResult<Vec<u8>> {
-        let (dir, name) = split(&path.0);
-        let dirfd = self.opendir_nofollow(dir)?;
+        if self.model.is_mapped() {
+            // A link is a file holding its target; a real host symlink (not
+            // made through a mapped model) is read as one.
+            match self.open_nofollow(&path.0, OFlag::O_RDONLY, Mode::empty()) {
+                Ok(fd) => return mapped::read_link_file(fd.as_fd()),
+                Err(Errno::ELOOP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (dirfd, name) = self.parent(path)?;
         Ok(fcntl::readlinkat(&dirfd, name)?.into_vec())
     }
 
     fn chmod(&self, path: &V9fsPath, cred: &FsCred) -> FsResult<()> {
-        let (dir, name) = split(&path.0);
-        let dirfd = self.opendir_nofollow(dir)?;
+        let (dirfd, name) = self.parent(path)?;
+        if self.model.is_mapped() {
+            return self.set_mapped_cred(dirfd.as_fd(), name, &MappedCred::chmod(cred));
+        }
         self.fchmodat_nofollow(dirfd.as_fd(), name, cred.mode)
     }
 
     fn chown(&self, path: &V9fsPath, cred: &FsCred) -> FsResult<()> {
-        let (dir, name) = split(&path.0);
-        let dirfd = self.opendir_nofollow(dir)?;
+        let (dirfd, name) = self.parent(path)?;
+        let mc = MappedCred::chown(cred);
+        if self.model.is_mapped() && (mc.uid.is_some() || mc.gid.is_some()) {
+            return self.set_mapped_cred(dirfd.as_fd(), name, &mc);
+        }
+        // Under the mapped models too when neither id is given: a ctime
+        // touch, as in QEMU.
         self.fchownat(dirfd.as_fd(), name, cred)
     }
 
     fn mknod(&self, dir: &V9fsPath, name: &[u8], cred: &FsCred) -> FsResult<()> {
-        check_component(name)?;
+        self.check_entry_name(name)?;
         let dirfd = self.opendir_nofollow(&dir.0)?;
+        if self.model.is_mapped() {
+            // Device nodes, FIFOs and sockets are plain files here.
+            stat::mknodat(
+                &dirfd,
+                name,
+                SFlag::S_IFREG,
+                Mode::from_bits_truncate(self.fmode),
+                0,
+            )?;
+            return self
+                .set_mapped_cred(dirfd.as_fd(), name, &MappedCred::mknod(cred))
+                .map_err(|e| LocalFs::undo_create(dirfd.as_fd(), name, false, e));
+        }
         stat::mknodat(
             &dirfd,
             name,
@@ -499,8 +598,7 @@ impl FileOperations for LocalFs {
     }
 
     fn utimensat(&self, path: &V9fsPath, times: &[Timespec; 2]) -> FsResult<()> {
-        let (dir, name) = split(&path.0);
-        let dirfd = self.opendir_nofollow(dir)?;
+        let (dirfd, name) = self.parent(path)?;
         stat::utimensat(
             &dirfd,
             name,
@@ -511,20 +609,42 @@ impl FileOperations for LocalFs {
     }
 
     fn remove(&self, path: &V9fsPath) -> FsResult<()> {
-        let (dir, name) = split(&path.0);
-        let dirfd = self.opendir_nofollow(dir)?;
+        let (dirfd, name) = self.parent(path)?;
         let st = stat::fstatat(&dirfd, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
         let flag = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             UnlinkatFlags::RemoveDir
         } else {
             UnlinkatFlags::NoRemoveDir
         };
-        unistd::unlinkat(&dirfd, name, flag)
+        self.unlink_common(dirfd.as_fd(), name, flag)
     }
 
     fn symlink(&self, target: &[u8], dir: &V9fsPath, name: &[u8], cred: &FsCred) -> FsResult<()> {
-        check_component(name)?;
+        self.check_entry_name(name)?;
         let dirfd = self.opendir_nofollow(&dir.0)?;
+        if self.model.is_mapped() {
+            let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+            let fd = self.openat_file(
+                dirfd.as_fd(),
+                name,
+                flags,
+                Mode::from_bits_truncate(self.fmode),
+            )?;
+            // The target as a C string: up to its first NUL, without it.
+            let end = target.iter().position(|&b| b == 0).unwrap_or(target.len());
+            let written = mapped::write_once(fd.as_fd(), &target[..end]);
+            drop(fd);
+            match written {
+                Ok(n) if n == end => {}
+                // A short write leaves a truncated link: undo it.
+                Ok(_) => return Err(LocalFs::undo_create(dirfd.as_fd(), name, false, Errno::EIO)),
+                Err(e) => return Err(LocalFs::undo_create(dirfd.as_fd(), name, false, e)),
+            }
+            let mc = MappedCred::created(cred, libc::S_IFLNK);
+            return self
+                .set_mapped_cred(dirfd.as_fd(), name, &mc)
+                .map_err(|e| LocalFs::undo_create(dirfd.as_fd(), name, false, e));
+        }
         unistd::symlinkat(target, &dirfd, name)?;
         match self.fchownat(dirfd.as_fd(), name, cred) {
             Err(e) if self.model == LocalModel::Passthrough => {
@@ -535,11 +655,24 @@ impl FileOperations for LocalFs {
     }
 
     fn link(&self, old: &V9fsPath, dir: &V9fsPath, name: &[u8]) -> FsResult<()> {
-        check_component(name)?;
-        let (odir, oname) = split(&old.0);
-        let odirfd = self.opendir_nofollow(odir)?;
+        self.check_entry_name(name)?;
+        let (odirfd, oname) = self.parent(old)?;
         let ndirfd = self.opendir_nofollow(&dir.0)?;
-        unistd::linkat(&odirfd, oname, &ndirfd, name, AtFlags::empty())
+        unistd::linkat(&odirfd, oname, &ndirfd, name, AtFlags::empty())?;
+        if self.model == LocalModel::MappedFile {
+            let moved = mapped::carry_meta_file(
+                odirfd.as_fd(),
+                oname,
+                ndirfd.as_fd(),
+                name,
+                mapped::Carry::Link,
+            );
+            if let Err(e) = moved {
+                let _ = unistd::unlinkat(&ndirfd, name, UnlinkatFlags::NoRemoveDir);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn open(&self, path: &V9fsPath, flags: i32, _ctx: &SessionCtx) -> FsResult<FileHandle> {
@@ -547,12 +680,15 @@ impl FileOperations for LocalFs {
         Ok(Arc::new(LocalFile {
             fd,
             writeout_immediate: self.writeout_immediate,
+            model: self.model,
         }))
     }
 
     fn opendir(&self, path: &V9fsPath) -> FsResult<DirHandle> {
         let fd = self.opendir_nofollow(&path.0)?;
-        Ok(Arc::new(Mutex::new(Box::new(LocalDir::new(fd)))))
+        Ok(Arc::new(Mutex::new(Box::new(LocalDir::new(
+            fd, self.model,
+        )))))
     }
 
     fn open2(
@@ -563,28 +699,42 @@ impl FileOperations for LocalFs {
         cred: &FsCred,
         _ctx: &SessionCtx,
     ) -> FsResult<FileHandle> {
-        check_component(name)?;
+        self.check_entry_name(name)?;
         let flags = OFlag::from_bits_retain(flags) | OFlag::O_NOFOLLOW;
         let dirfd = self.opendir_nofollow(&dir.0)?;
-        let fd = self.openat_file(
-            dirfd.as_fd(),
-            name,
-            flags,
-            Mode::from_bits_truncate(cred.mode),
-        )?;
-        if let Err(e) = self.set_cred(dirfd.as_fd(), name, cred) {
+        let mode = if self.model.is_mapped() {
+            self.fmode
+        } else {
+            cred.mode
+        };
+        let fd = self.openat_file(dirfd.as_fd(), name, flags, Mode::from_bits_truncate(mode))?;
+        let set = if self.model.is_mapped() {
+            let mc = MappedCred::created(cred, libc::S_IFREG);
+            self.set_mapped_cred(dirfd.as_fd(), name, &mc)
+        } else {
+            self.set_cred(dirfd.as_fd(), name, cred)
+        };
+        if let Err(e) = set {
             let is_dir = flags.contains(OFlag::O_DIRECTORY);
             return Err(LocalFs::undo_create(dirfd.as_fd(), name, is_dir, e));
         }
         Ok(Arc::new(LocalFile {
             fd,
             writeout_immediate: self.writeout_immediate,
+            model: self.model,
         }))
     }
 
     fn mkdir(&self, dir: &V9fsPath, name: &[u8], cred: &FsCred) -> FsResult<()> {
-        check_component(name)?;
+        self.check_entry_name(name)?;
         let dirfd = self.opendir_nofollow(&dir.0)?;
+        if self.model.is_mapped() {
+            stat::mkdirat(&dirfd, name, Mode::from_bits_truncate(self.dmode))?;
+            let mc = MappedCred::created(cred, libc::S_IFDIR);
+            return self
+                .set_mapped_cred(dirfd.as_fd(), name, &mc)
+                .map_err(|e| LocalFs::undo_create(dirfd.as_fd(), name, true, e));
+        }
         stat::mkdirat(&dirfd, name, Mode::from_bits_truncate(cred.mode))?;
         self.set_cred(dirfd.as_fd(), name, cred)
             .map_err(|e| LocalFs::undo_create(dirfd.as_fd(), name, true, e))
@@ -593,9 +743,7 @@ impl FileOperations for LocalFs {
     fn rename(&self, old: &V9fsPath, new: &V9fsPath) -> FsResult<()> {
         let (odir, oname) = split(&old.0);
         let (ndir, nname) = split(&new.0);
-        let odirfd = self.opendir_nofollow(odir)?;
-        let ndirfd = self.opendir_nofollow(ndir)?;
-        fcntl::renameat(&odirfd, oname, &ndirfd, nname)
+        self.rename_in(odir, oname, ndir, nname)
     }
 
     fn truncate(&self, path: &V9fsPath, size: u64) -> FsResult<()> {
@@ -627,44 +775,30 @@ impl FileOperations for LocalFs {
     }
 
     fn lgetxattr(&self, path: &V9fsPath, name: &[u8], size: usize) -> FsResult<Vec<u8>> {
-        self.check_xattr_name(name)?;
-        let cname = cstring(name)?;
-        self.with_xattr_node(path, |node| {
-            let mut buf = vec![0u8; size];
-            let n = sys_lgetxattr(node, &cname, &mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        })
+        let mut buf = vec![0u8; size];
+        let n = self.xattr_get(path, name, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     fn lgetxattr_size(&self, path: &V9fsPath, name: &[u8]) -> FsResult<usize> {
-        self.check_xattr_name(name)?;
-        let cname = cstring(name)?;
-        self.with_xattr_node(path, |node| sys_lgetxattr(node, &cname, &mut []))
+        self.xattr_get(path, name, &mut [])
     }
 
     fn llistxattr(&self, path: &V9fsPath, size: usize) -> FsResult<Vec<u8>> {
-        let list = self.filtered_xattr_list(path)?;
-        if list.len() > size {
-            return Err(Errno::ERANGE);
-        }
-        Ok(list)
+        self.xattr_list(path, size)
     }
 
     fn llistxattr_size(&self, path: &V9fsPath) -> FsResult<usize> {
-        Ok(self.filtered_xattr_list(path)?.len())
+        self.xattr_list_size(path)
     }
 
     fn lsetxattr(&self, path: &V9fsPath, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        self.check_xattr_name(name)?;
-        let cname = cstring(name)?;
-        self.with_xattr_node(path, |node| sys_lsetxattr(node, &cname, value, flags))
+        self.xattr_set(path, name, value, flags)
     }
 
     fn lremovexattr(&self, path: &V9fsPath, name: &[u8]) -> FsResult<()> {
-        self.check_xattr_name(name)?;
-        let cname = cstring(name)?;
-        self.with_xattr_node(path, |node| sys_lremovexattr(node, &cname))
+        self.xattr_remove(path, name)
     }
 
     fn renameat(
@@ -676,20 +810,18 @@ impl FileOperations for LocalFs {
     ) -> FsResult<()> {
         check_component(oldname)?;
         check_component(newname)?;
-        let odirfd = self.opendir_nofollow(&olddir.0)?;
-        let ndirfd = self.opendir_nofollow(&newdir.0)?;
-        fcntl::renameat(&odirfd, oldname, &ndirfd, newname)
+        self.rename_in(&olddir.0, oldname, &newdir.0, newname)
     }
 
     fn unlinkat(&self, dir: &V9fsPath, name: &[u8], flags: i32) -> FsResult<()> {
-        check_component(name)?;
+        self.check_entry_name(name)?;
         let flag = match flags {
             0 => UnlinkatFlags::NoRemoveDir,
             libc::AT_REMOVEDIR => UnlinkatFlags::RemoveDir,
             _ => return Err(Errno::EINVAL),
         };
         let dirfd = self.opendir_nofollow(&dir.0)?;
-        unistd::unlinkat(&dirfd, name, flag)
+        self.unlink_common(dirfd.as_fd(), name, flag)
     }
 
     fn has_st_gen(&self) -> bool {
@@ -721,6 +853,23 @@ impl FileOperations for LocalFs {
 struct LocalFile {
     fd: OwnedFd,
     writeout_immediate: bool,
+    model: LocalModel,
+}
+
+/// `fstat` on an open handle: the host's, with the credentials of the
+/// mapped-xattr xattrs (through `fgetxattr`); mapped-file has no way from a
+/// descriptor to its metadata file and fails with EOPNOTSUPP (the server
+/// then stats the path).
+fn fstat_handle(fd: BorrowedFd<'_>, model: LocalModel) -> FsResult<FileStat> {
+    let mut st = file_stat(&stat::fstat(fd)?);
+    match model {
+        LocalModel::MappedXattr => {
+            mapped::apply_xattr_cred(&mut st, |n, buf| mapped::sys_fgetxattr(fd, n, buf))
+        }
+        LocalModel::MappedFile => return Err(Errno::EOPNOTSUPP),
+        LocalModel::Passthrough | LocalModel::None => {}
+    }
+    Ok(st)
 }
 
 impl OpenFile for LocalFile {
@@ -749,7 +898,7 @@ impl OpenFile for LocalFile {
     }
 
     fn fstat(&self) -> FsResult<FileStat> {
-        Ok(file_stat(&stat::fstat(&self.fd)?))
+        fstat_handle(self.fd.as_fd(), self.model)
     }
 
     fn fsync(&self, datasync: bool) -> FsResult<()> {
@@ -795,6 +944,7 @@ fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> FsResult<usize> {
 /// An open directory: its fd and a getdents64 buffer, as glibc's `DIR`.
 struct LocalDir {
     fd: OwnedFd,
+    model: LocalModel,
     /// Holds `DIRENT_BUF` bytes from `base`, 8-byte aligned as the kernel
     /// lays out its records.
     buf: Vec<u8>,
@@ -808,11 +958,12 @@ struct LocalDir {
 }
 
 impl LocalDir {
-    fn new(fd: OwnedFd) -> LocalDir {
+    fn new(fd: OwnedFd, model: LocalModel) -> LocalDir {
         let buf = vec![0u8; DIRENT_BUF + 8];
         let base = buf.as_ptr().align_offset(8).min(8);
         LocalDir {
             fd,
+            model,
             buf,
             base,
             next: 0,
@@ -822,8 +973,9 @@ impl LocalDir {
     }
 }
 
-impl DirStream for LocalDir {
-    fn readdir(&mut self) -> FsResult<Option<DirEnt>> {
+impl LocalDir {
+    /// The next host entry, as getdents64 gives it.
+    fn next_host_entry(&mut self) -> FsResult<Option<DirEnt>> {
         if self.next >= self.end {
             let buf = &mut self.buf[self.base..self.base + DIRENT_BUF];
             let n = getdents64(self.fd.as_fd(), buf)?;
@@ -858,6 +1010,29 @@ impl DirStream for LocalDir {
         self.pos = off;
         Ok(Some(ent))
     }
+}
+
+impl DirStream for LocalDir {
+    /// The next entry; the mapped models report no file types (the host's
+    /// are not the client's), and mapped-file skips its metadata.
+    fn readdir(&mut self) -> FsResult<Option<DirEnt>> {
+        loop {
+            let Some(mut ent) = self.next_host_entry()? else {
+                return Ok(None);
+            };
+            match self.model {
+                LocalModel::Passthrough | LocalModel::None => {}
+                LocalModel::MappedXattr => ent.ty = libc::DT_UNKNOWN,
+                LocalModel::MappedFile => {
+                    if mapped::is_metadata_name(&ent.name) {
+                        continue;
+                    }
+                    ent.ty = libc::DT_UNKNOWN;
+                }
+            }
+            return Ok(Some(ent));
+        }
+    }
 
     fn telldir(&mut self) -> FsResult<i64> {
         Ok(self.pos)
@@ -876,7 +1051,7 @@ impl DirStream for LocalDir {
     }
 
     fn fstat(&self) -> FsResult<FileStat> {
-        Ok(file_stat(&stat::fstat(&self.fd)?))
+        fstat_handle(self.fd.as_fd(), self.model)
     }
 
     fn fsync(&self, datasync: bool) -> FsResult<()> {
@@ -908,10 +1083,10 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     /// A directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(super) struct TempDir(pub(super) PathBuf);
 
     impl TempDir {
-        fn new(tag: &str) -> TempDir {
+        pub(super) fn new(tag: &str) -> TempDir {
             static N: AtomicUsize = AtomicUsize::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
             let p =
@@ -921,7 +1096,7 @@ mod tests {
             TempDir(p)
         }
 
-        fn fs(&self, model: LocalModel) -> LocalFs {
+        pub(super) fn fs(&self, model: LocalModel) -> LocalFs {
             LocalFs::open(&self.0, model, false).unwrap()
         }
     }
@@ -932,30 +1107,30 @@ mod tests {
         }
     }
 
-    fn p(s: &str) -> V9fsPath {
+    pub(super) fn p(s: &str) -> V9fsPath {
         V9fsPath(s.as_bytes().to_vec())
     }
 
-    fn root() -> V9fsPath {
+    pub(super) fn root() -> V9fsPath {
         p(".")
     }
 
-    fn cred(mode: u32) -> FsCred {
+    pub(super) fn cred(mode: u32) -> FsCred {
         FsCred {
             mode,
             ..FsCred::default()
         }
     }
 
-    fn is_root() -> bool {
+    pub(super) fn is_root() -> bool {
         unistd::geteuid().is_root()
     }
 
-    const CREATE: i32 = libc::O_CREAT | libc::O_RDWR;
+    pub(super) const CREATE: i32 = libc::O_CREAT | libc::O_RDWR;
 
     /// Fails the test unless `r` is one of the errors in `want`.
     #[track_caller]
-    fn assert_err<T>(r: FsResult<T>, want: &[Errno]) {
+    pub(super) fn assert_err<T>(r: FsResult<T>, want: &[Errno]) {
         match r {
             Err(e) if want.contains(&e) => {}
             Err(e) => panic!("expected one of {want:?}, got {e}"),
@@ -1231,7 +1406,7 @@ mod tests {
         assert_eq!(w.fstat().unwrap().size, 13);
     }
 
-    fn read_all(dir: &mut dyn DirStream) -> Vec<DirEnt> {
+    pub(super) fn read_all(dir: &mut dyn DirStream) -> Vec<DirEnt> {
         let mut out = Vec::new();
         while let Some(e) = dir.readdir().unwrap() {
             out.push(e);
@@ -1494,7 +1669,7 @@ mod tests {
     }
 
     /// A POSIX ACL xattr value granting uid 1234 read access.
-    fn extended_acl() -> Vec<u8> {
+    pub(super) fn extended_acl() -> Vec<u8> {
         let mut v = 2u32.to_le_bytes().to_vec();
         for (tag, perm, id) in [
             (0x01u16, 6u16, u32::MAX),
@@ -1658,18 +1833,42 @@ mod tests {
         assert!(e.flags.has(ExportFlags::REMAP_INODES));
 
         let err = |r: Result<std::rc::Rc<Export>, String>| r.err().unwrap();
-        assert_eq!(
-            err(open(",security_model=mapped-xattr", Compat::Master)),
-            "security_model=mapped-xattr is not supported yet"
-        );
-        assert_eq!(
-            err(open(",security_model=mapped", Compat::Master)),
-            "security_model=mapped-xattr is not supported yet"
-        );
-        assert_eq!(
-            err(open(",security_model=mapped-file", Compat::Master)),
-            "security_model=mapped-file is not supported yet"
-        );
+        for (model, sm) in [
+            ("mapped-xattr", ExportFlags::SM_MAPPED),
+            ("mapped", ExportFlags::SM_MAPPED),
+            ("mapped-file", ExportFlags::SM_MAPPED_FILE),
+        ] {
+            let e = open(&format!(",security_model={model}"), Compat::Master).unwrap();
+            assert_eq!(
+                e.flags.0,
+                ExportFlags::PATHNAME_FSCONTEXT | sm | ExportFlags::REMAP_INODES,
+                "{model}"
+            );
+        }
+        // fmode/dmode reach the driver (masked with 0777); without them the
+        // defaults are 0600/0700. The umask applies, as in QEMU.
+        let umask = super::mapped_tests::umask();
+        let ctx = SessionCtx::default();
+        for (extra, fmode, dmode) in [
+            ("", DEFAULT_FMODE, DEFAULT_DMODE),
+            (",fmode=1640,dmode=0750", 0o640, 0o750),
+        ] {
+            let e = open(
+                &format!(",security_model=mapped-file{extra}"),
+                Compat::Master,
+            )
+            .unwrap();
+            e.ops
+                .open2(&root(), b"ef", CREATE, &cred(0o644), &ctx)
+                .unwrap();
+            e.ops.mkdir(&root(), b"ed", &cred(0o755)).unwrap();
+            let f = fs::symlink_metadata(tmp.0.join("ef")).unwrap();
+            let d = fs::symlink_metadata(tmp.0.join("ed")).unwrap();
+            assert_eq!(f.mode(), libc::S_IFREG | (fmode & !umask), "{extra}");
+            assert_eq!(d.mode(), libc::S_IFDIR | (dmode & !umask), "{extra}");
+            e.ops.remove(&p("./ef")).unwrap();
+            e.ops.remove(&p("./ed")).unwrap();
+        }
         let missing = tmp.0.join("missing");
         let file = tmp.0.join("file");
         fs::write(&file, b"").unwrap();
