@@ -1,7 +1,7 @@
 # coro9p: the two commands a new machine needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test lint fmt bench qtest clean
+.PHONY: all build run test test-deps lint fmt bench qtest clean
 
 all: build
 
@@ -20,9 +20,14 @@ run: build
 	./target/release/coro9p --fsdev local,path="$(DIR)",security_model=$(SECURITY_MODEL) \
 		--listen tcp:127.0.0.1:$(PORT)
 
-# Style and lints first (cheap), then every unit, integration and doc test.
-test: lint
+# Style and lints first (cheap), then what the tests need installed (QEMU
+# as the parity oracle, built once), then every unit, integration and doc
+# test.
+test: lint test-deps
 	$(CARGO) test --workspace
+
+test-deps:
+	bash qtest-compat/scripts/test-deps.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -31,12 +36,15 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# QEMU's qos-test virtio-9p cases against coro9p: every case, slow ones
-# included, with both client buffer sizes (QEMU master's and 7.2's).
-qtest:
+# QEMU's qos-test virtio-9p cases: against coro9p (every case, slow ones
+# included, with both client buffer sizes), against Debian's QEMU 7.2, and
+# compared reply by reply between the two.
+qtest: test-deps
 	$(CARGO) build --workspace
 	./target/debug/qos-test -m slow
 	./target/debug/qos-test -m slow --max-size 4096
+	./target/debug/qos-test -m slow --max-size 4096 --target qemu
+	./target/debug/qos-test -m slow --max-size 4096 --compare
 
 # Medians, never timed tests: see benches/ for what is measured.
 bench:

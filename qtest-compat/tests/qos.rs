@@ -59,3 +59,30 @@ fn listing_and_selecting_by_prefix() {
     assert!(ok, "{out}");
     assert_eq!(out.lines().last(), Some("6 passed, 0 failed, 0 skipped"));
 }
+
+/// QEMU 7.2 (Debian's) under qtest: every case of its suite passes; the
+/// later ones are skipped with their reason. Needs qemu-system-x86 and the
+/// qtest module, which `make test` installs and builds first.
+#[test]
+fn the_cases_of_qemu_7_2_pass_against_qemu_7_2() {
+    let (out, ok) = run(&["-m", "slow", "--max-size", "4096", "--target", "qemu"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("26 passed, 0 failed, 8 skipped"),
+        "{out}"
+    );
+}
+
+/// Every reply of every case that runs on QEMU 7.2, byte for byte against
+/// coro9p --compat 7.2 (qid version and path normalised on local exports).
+#[test]
+fn coro9p_answers_like_qemu_7_2_byte_for_byte() {
+    let (out, ok) = run(&["-m", "slow", "--max-size", "4096", "--compare"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("24 passed, 0 failed, 10 skipped"),
+        "{out}"
+    );
+}

@@ -6,17 +6,24 @@ use std::process::ExitCode;
 use qtest_compat::runner::{self, Options, Target};
 
 const USAGE: &str = "\
-usage: qos-test [-l] [-p PATH ...] [-m slow] [--verbose] [--target coro9p]
-                [--max-size 32768|4096] [--compat master|7.2] [--coro9p BIN]
+usage: qos-test [-l] [-p PATH ...] [-m slow] [--verbose] [--target coro9p|qemu]
+                [--compare] [--max-size 32768|4096] [--compat master|7.2]
+                [--coro9p BIN] [--qemu BIN]
 
   -l              list the case paths
   -p PATH         run the cases whose path is PATH or starts with it (repeatable)
   -m slow         also run the slow cases (xattr_limit, deep_absolute_path)
   --verbose       print every message sent and received, in hex
-  --target T      where to run: coro9p (a coro9p server on a Unix socket)
+  --target T      where to run: coro9p (a coro9p server on a Unix socket) or
+                  qemu (Debian's QEMU 7.2 under qtest; its qtest module comes
+                  from qtest-compat/scripts/build-qtest-accel.sh, found in
+                  QEMU_MODULE_DIR or the script's cache)
+  --compare       run each case on QEMU 7.2 and on coro9p --compat 7.2 and
+                  compare every reply byte for byte
   --max-size N    the client's P9_MAX_SIZE: 32768 (QEMU master) or 4096 (7.2)
   --compat V      coro9p's --compat; 7.2 also skips the cases 7.2 lacks
-  --coro9p BIN    the coro9p binary (default: next to this one)";
+  --coro9p BIN    the coro9p binary (default: next to this one)
+  --qemu BIN      the QEMU binary (default: qemu-system-x86_64)";
 
 fn main() -> ExitCode {
     let mut opts = Options {
@@ -30,6 +37,7 @@ fn main() -> ExitCode {
             .and_then(|p| p.parent().map(|d| d.join("coro9p")))
             .unwrap_or_else(|| PathBuf::from("coro9p")),
         compat: "master".into(),
+        qemu: qtest_compat::qemu::default_config(),
     };
     let mut list = false;
     let mut args = std::env::args().skip(1);
@@ -50,8 +58,11 @@ fn main() -> ExitCode {
                 "--verbose" => opts.verbose = true,
                 "--target" => match value("--target")?.as_str() {
                     "coro9p" => opts.target = Target::Coro9p,
+                    "qemu" => opts.target = Target::Qemu,
                     t => return Err(format!("qos-test: target '{t}' is not available.")),
                 },
+                "--compare" => opts.target = Target::Compare,
+                "--qemu" => opts.qemu.binary = PathBuf::from(value("--qemu")?),
                 "--max-size" => {
                     opts.max_size = match value("--max-size")?.as_str() {
                         "32768" => 32768,
