@@ -26,6 +26,15 @@ fn version_frame() -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// A Tversion round trip over any stream.
+fn version_round_trip(mut s: impl Read + Write) {
+    let (req, want) = version_frame();
+    s.write_all(&req).unwrap();
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, want);
+}
+
 /// Reads the child's stderr until a line contains `needle`; returns it.
 fn wait_for_line(child: &mut Child, needle: &str) -> String {
     let stderr = child.stderr.take().unwrap();
@@ -104,13 +113,9 @@ fn serves_over_tcp() {
         .unwrap();
     let line = wait_for_line(&mut child, "listening on");
     let addr = line.rsplit(' ').next().unwrap().to_string();
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let s = std::net::TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let (req, want) = version_frame();
-    s.write_all(&req).unwrap();
-    let mut got = vec![0u8; want.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, want);
+    version_round_trip(s);
     stop(child);
 }
 
@@ -124,13 +129,9 @@ fn serves_over_a_unix_socket() {
         .spawn()
         .unwrap();
     wait_for_line(&mut child, "listening on");
-    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let (req, want) = version_frame();
-    s.write_all(&req).unwrap();
-    let mut got = vec![0u8; want.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, want);
+    version_round_trip(s);
     stop(child);
 }
 

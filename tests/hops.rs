@@ -14,113 +14,95 @@ use coro9p::Compat;
 fn synth_hops_per_message_match_qemu() {
     let srv = TestServer::start("synth", Compat::Master);
     let mut c = srv.connect();
-    let mut expected: Vec<(&str, usize)> = Vec::new();
-    let mut run = |c: &mut Client, id: u8, body: Vec<u8>, name: &'static str, hops: usize| {
-        c.send(id, 0, &body);
-        c.recv();
-        expected.push((name, hops));
-    };
-    let walk = |fid: u32, newfid: u32, name: &[u8]| le![d fid, d newfid, w 1, s name];
-    run(&mut c, TVERSION, le![d 32768, s b"9P2000.L"], "Tversion", 0);
-    run(
+    let mut script = HopScript::new(false);
+    script.run(&mut c, TVERSION, le![d 32768, s b"9P2000.L"], "Tversion", 0);
+    script.run(
         &mut c,
         TATTACH,
         le![d 0, d NOFID, s b"", s b"", d 0],
         "Tattach",
         2,
     );
-    run(&mut c, TWALK, walk(0, 1, b"WALK0"), "Twalk", 1);
-    run(&mut c, TWALK, le![d 0, d 2, w 0], "Twalk", 1);
-    run(&mut c, TGETATTR, le![d 1, q 0x7ff], "Tgetattr", 1);
-    run(&mut c, TLOPEN, le![d 1, d 0o200000], "Tlopen", 2);
-    run(&mut c, TREADDIR, le![d 1, q 0, d 1000], "Treaddir", 1);
-    run(&mut c, TCLUNK, le![d 1], "Tclunk", 1);
-    run(&mut c, TCLUNK, le![d 2], "Tclunk", 0);
-    run(&mut c, TWALK, walk(0, 3, b"LOPEN"), "Twalk", 1);
-    run(&mut c, TLOPEN, le![d 3, d 0], "Tlopen", 3);
-    run(&mut c, TREAD, le![d 3, q 0, d 10], "Tread", 1);
-    run(&mut c, TFSYNC, le![d 3, d 0], "Tfsync", 0);
-    run(
+    script.run(&mut c, TWALK, walk_body(0, 1, b"WALK0"), "Twalk", 1);
+    script.run(&mut c, TWALK, le![d 0, d 2, w 0], "Twalk", 1);
+    script.run(&mut c, TGETATTR, le![d 1, q 0x7ff], "Tgetattr", 1);
+    script.run(&mut c, TLOPEN, le![d 1, d 0o200000], "Tlopen", 2);
+    script.run(&mut c, TREADDIR, le![d 1, q 0, d 1000], "Treaddir", 1);
+    script.run(&mut c, TCLUNK, le![d 1], "Tclunk", 1);
+    script.run(&mut c, TCLUNK, le![d 2], "Tclunk", 0);
+    script.run(&mut c, TWALK, walk_body(0, 3, b"LOPEN"), "Twalk", 1);
+    script.run(&mut c, TLOPEN, le![d 3, d 0], "Tlopen", 3);
+    script.run(&mut c, TREAD, le![d 3, q 0, d 10], "Tread", 1);
+    script.run(&mut c, TFSYNC, le![d 3, d 0], "Tfsync", 0);
+    script.run(
         &mut c,
         TLOCK,
         le![d 3, b 1, d 0, q 0, q 0, d 1, s b"c"],
         "Tlock",
         0,
     );
-    run(&mut c, TWALK, walk(0, 4, b"WRITE"), "Twalk", 1);
-    run(&mut c, TLOPEN, le![d 4, d 1], "Tlopen", 3);
-    run(&mut c, TWRITE, le![d 4, q 0, d 5, x b"12345"], "Twrite", 5);
-    run(&mut c, TFLUSH, le![w 99], "Tflush", 0);
-    run(&mut c, TSTATFS, le![d 0], "Tstatfs", 1);
-    run(&mut c, TSTAT, le![d 0], "Tstat", 1);
-    run(&mut c, TMKDIR, le![d 0, s b"d", d 0o755, d 0], "Tmkdir", 1);
-    run(
+    script.run(&mut c, TWALK, walk_body(0, 4, b"WRITE"), "Twalk", 1);
+    script.run(&mut c, TLOPEN, le![d 4, d 1], "Tlopen", 3);
+    script.run(&mut c, TWRITE, le![d 4, q 0, d 5, x b"12345"], "Twrite", 5);
+    script.run(&mut c, TFLUSH, le![w 99], "Tflush", 0);
+    script.run(&mut c, TSTATFS, le![d 0], "Tstatfs", 1);
+    script.run(&mut c, TSTAT, le![d 0], "Tstat", 1);
+    script.run(&mut c, TMKDIR, le![d 0, s b"d", d 0o755, d 0], "Tmkdir", 1);
+    script.run(
         &mut c,
         TMKNOD,
         le![d 0, s b"n", d 0o644, d 0, d 0, d 0],
         "Tmknod",
         1,
     );
-    run(
+    script.run(
         &mut c,
         TSYMLINK,
         le![d 0, s b"l", s b"t", d 0],
         "Tsymlink",
         1,
     );
-    run(&mut c, TLINK, le![d 0, d 3, s b"h"], "Tlink", 1);
-    run(&mut c, TREADLINK, le![d 0], "Treadlink", 1);
-    run(&mut c, TUNLINKAT, le![d 0, s b"LOPEN", d 0], "Tunlinkat", 2);
-    run(
+    script.run(&mut c, TLINK, le![d 0, d 3, s b"h"], "Tlink", 1);
+    script.run(&mut c, TREADLINK, le![d 0], "Treadlink", 1);
+    script.run(&mut c, TUNLINKAT, le![d 0, s b"LOPEN", d 0], "Tunlinkat", 2);
+    script.run(
         &mut c,
         TRENAMEAT,
         le![d 0, s b"a", d 0, s b"b"],
         "Trenameat",
         0,
     );
-    run(&mut c, TWALK, walk(0, 5, b"LOPEN"), "Twalk", 1);
-    run(&mut c, TRENAME, le![d 5, d 0, s b"b"], "Trename", 0);
-    run(&mut c, TXATTRWALK, le![d 0, d 6, s b""], "Txattrwalk", 1);
-    run(
+    script.run(&mut c, TWALK, walk_body(0, 5, b"LOPEN"), "Twalk", 1);
+    script.run(&mut c, TRENAME, le![d 5, d 0, s b"b"], "Trename", 0);
+    script.run(&mut c, TXATTRWALK, le![d 0, d 6, s b""], "Txattrwalk", 1);
+    script.run(
         &mut c,
         TXATTRCREATE,
         le![d 5, s b"user.a", q 0, d 0],
         "Txattrcreate",
         0,
     );
-    run(
+    script.run(
         &mut c,
         TLCREATE,
         le![d 0, s b"f", d 0, d 0o644, d 0],
         "Tlcreate",
         1,
     );
-    run(
+    script.run(
         &mut c,
         TSETATTR,
         le![d 0, d 8, d 0, d 0, d 0, q 1, q 0, q 0, q 0, q 0],
         "Tsetattr",
         1,
     );
-    run(&mut c, TWALK, walk(0, 7, b"LOPEN"), "Twalk", 1);
-    run(&mut c, TREMOVE, le![d 7], "Tremove", 0);
+    script.run(&mut c, TWALK, walk_body(0, 7, b"LOPEN"), "Twalk", 1);
+    script.run(&mut c, TREMOVE, le![d 7], "Tremove", 0);
     // Removing an open fid closes it: one hop.
-    run(&mut c, TREMOVE, le![d 3], "Tremove", 1);
+    script.run(&mut c, TREMOVE, le![d 3], "Tremove", 1);
     drop(c);
     let report = srv.stop();
-    let got: Vec<(String, usize)> = report
-        .hops
-        .iter()
-        .map(|t| {
-            let name = t.label.rsplit(' ').next().unwrap().to_string();
-            (name, t.hops)
-        })
-        .collect();
-    let want: Vec<(String, usize)> = expected
-        .into_iter()
-        .map(|(n, h)| (n.to_string(), h))
-        .collect();
-    assert_eq!(got, want);
+    script.check(&report);
     // Each hop is a full round trip: the job starts and ends on a worker
     // and the task comes back to main before anything else of its own.
     for t in &report.hops {

@@ -528,94 +528,87 @@ fn local_hops_per_message_match_qemu() {
     std::os::unix::fs::symlink("f", dir.join("ln")).unwrap();
     let srv = serve(&dir, "passthrough");
     let mut c = srv.connect();
-    let mut expected: Vec<(&str, usize)> = Vec::new();
-    let mut run = |c: &mut Client, id: u8, body: Vec<u8>, name: &'static str, hops: usize| {
-        c.send(id, 0, &body);
-        let (rid, _, rbody) = c.recv();
-        assert_ne!(rid, RLERROR, "{name}: {rbody:?}");
-        expected.push((name, hops));
-    };
-    let walk = |fid: u32, newfid: u32, name: &[u8]| le![d fid, d newfid, w 1, s name];
-    run(&mut c, TVERSION, le![d 32768, s b"9P2000.L"], "Tversion", 0);
-    run(
+    let mut script = HopScript::new(true);
+    script.run(&mut c, TVERSION, le![d 32768, s b"9P2000.L"], "Tversion", 0);
+    script.run(
         &mut c,
         TATTACH,
         le![d 0, d NOFID, s b"", s b"", d 0],
         "Tattach",
         1,
     );
-    run(&mut c, TWALK, walk(0, 1, b"f"), "Twalk", 1);
-    run(&mut c, TGETATTR, le![d 1, q 0x7ff], "Tgetattr", 1);
-    run(&mut c, TLOPEN, le![d 1, d 2], "Tlopen", 3);
+    script.run(&mut c, TWALK, walk_body(0, 1, b"f"), "Twalk", 1);
+    script.run(&mut c, TGETATTR, le![d 1, q 0x7ff], "Tgetattr", 1);
+    script.run(&mut c, TLOPEN, le![d 1, d 2], "Tlopen", 3);
     // A short read before EOF: one more call to see the 0.
-    run(&mut c, TREAD, le![d 1, q 0, d 100], "Tread", 2);
-    run(&mut c, TWRITE, le![d 1, q 4, d 2, x b"!!"], "Twrite", 1);
-    run(&mut c, TFSYNC, le![d 1, d 0], "Tfsync", 1);
-    run(
+    script.run(&mut c, TREAD, le![d 1, q 0, d 100], "Tread", 2);
+    script.run(&mut c, TWRITE, le![d 1, q 4, d 2, x b"!!"], "Twrite", 1);
+    script.run(&mut c, TFSYNC, le![d 1, d 0], "Tfsync", 1);
+    script.run(
         &mut c,
         TLOCK,
         le![d 1, b 1, d 0, q 0, q 0, d 1, s b"c"],
         "Tlock",
         1,
     );
-    run(&mut c, TCLUNK, le![d 1], "Tclunk", 1);
-    run(&mut c, TWALK, walk(0, 2, b"d"), "Twalk", 1);
-    run(&mut c, TLOPEN, le![d 2, d 0o200000], "Tlopen", 2);
-    run(&mut c, TREADDIR, le![d 2, q 0, d 1000], "Treaddir", 1);
-    run(&mut c, TCLUNK, le![d 2], "Tclunk", 1);
-    run(&mut c, TWALK, le![d 0, d 3, w 0], "Twalk", 1);
-    run(
+    script.run(&mut c, TCLUNK, le![d 1], "Tclunk", 1);
+    script.run(&mut c, TWALK, walk_body(0, 2, b"d"), "Twalk", 1);
+    script.run(&mut c, TLOPEN, le![d 2, d 0o200000], "Tlopen", 2);
+    script.run(&mut c, TREADDIR, le![d 2, q 0, d 1000], "Treaddir", 1);
+    script.run(&mut c, TCLUNK, le![d 2], "Tclunk", 1);
+    script.run(&mut c, TWALK, le![d 0, d 3, w 0], "Twalk", 1);
+    script.run(
         &mut c,
         TLCREATE,
         le![d 3, s b"new", d 2, d 0o644, d 0],
         "Tlcreate",
         2,
     );
-    run(&mut c, TMKDIR, le![d 0, s b"m", d 0o755, d 0], "Tmkdir", 1);
-    run(
+    script.run(&mut c, TMKDIR, le![d 0, s b"m", d 0o755, d 0], "Tmkdir", 1);
+    script.run(
         &mut c,
         TSYMLINK,
         le![d 0, s b"s", s b"f", d 0],
         "Tsymlink",
         1,
     );
-    run(&mut c, TWALK, walk(0, 4, b"f"), "Twalk", 1);
-    run(&mut c, TLINK, le![d 0, d 4, s b"h"], "Tlink", 1);
-    run(&mut c, TWALK, walk(0, 5, b"ln"), "Twalk", 1);
-    run(&mut c, TREADLINK, le![d 5], "Treadlink", 1);
-    run(&mut c, TSTATFS, le![d 0], "Tstatfs", 1);
-    run(&mut c, TXATTRWALK, le![d 4, d 6, s b""], "Txattrwalk", 1);
-    run(
+    script.run(&mut c, TWALK, walk_body(0, 4, b"f"), "Twalk", 1);
+    script.run(&mut c, TLINK, le![d 0, d 4, s b"h"], "Tlink", 1);
+    script.run(&mut c, TWALK, walk_body(0, 5, b"ln"), "Twalk", 1);
+    script.run(&mut c, TREADLINK, le![d 5], "Treadlink", 1);
+    script.run(&mut c, TSTATFS, le![d 0], "Tstatfs", 1);
+    script.run(&mut c, TXATTRWALK, le![d 4, d 6, s b""], "Txattrwalk", 1);
+    script.run(
         &mut c,
         TXATTRCREATE,
         le![d 4, s b"user.k", q 1, d 0],
         "Txattrcreate",
         0,
     );
-    run(&mut c, TWRITE, le![d 4, q 0, d 1, x b"v"], "Twrite", 0);
-    run(&mut c, TCLUNK, le![d 4], "Tclunk", 1);
-    run(&mut c, TWALK, walk(0, 7, b"f"), "Twalk", 1);
-    run(
+    script.run(&mut c, TWRITE, le![d 4, q 0, d 1, x b"v"], "Twrite", 0);
+    script.run(&mut c, TCLUNK, le![d 4], "Tclunk", 1);
+    script.run(&mut c, TWALK, walk_body(0, 7, b"f"), "Twalk", 1);
+    script.run(
         &mut c,
         TXATTRWALK,
         le![d 7, d 8, s b"user.k"],
         "Txattrwalk",
         2,
     );
-    run(&mut c, TREAD, le![d 8, q 0, d 10], "Tread", 0);
-    run(
+    script.run(&mut c, TREAD, le![d 8, q 0, d 10], "Tread", 0);
+    script.run(
         &mut c,
         TRENAMEAT,
         le![d 0, s b"h", d 0, s b"h2"],
         "Trenameat",
         1,
     );
-    run(&mut c, TUNLINKAT, le![d 0, s b"h2", d 0], "Tunlinkat", 1);
-    run(&mut c, TWALK, walk(0, 9, b"s"), "Twalk", 1);
-    run(&mut c, TRENAME, le![d 9, d NOFID, s b"s2"], "Trename", 1);
-    run(&mut c, TREMOVE, le![d 9], "Tremove", 1);
-    run(&mut c, TSTAT, le![d 5], "Tstat", 2);
-    run(
+    script.run(&mut c, TUNLINKAT, le![d 0, s b"h2", d 0], "Tunlinkat", 1);
+    script.run(&mut c, TWALK, walk_body(0, 9, b"s"), "Twalk", 1);
+    script.run(&mut c, TRENAME, le![d 9, d NOFID, s b"s2"], "Trename", 1);
+    script.run(&mut c, TREMOVE, le![d 9], "Tremove", 1);
+    script.run(&mut c, TSTAT, le![d 5], "Tstat", 2);
+    script.run(
         &mut c,
         TSETATTR,
         le![d 7, d 0x1 | 0x8, d 0o644, d 0, d 0, q 1, q 0, q 0, q 0, q 0],
@@ -624,15 +617,6 @@ fn local_hops_per_message_match_qemu() {
     );
     drop(c);
     let report = srv.stop();
-    let got: Vec<(String, usize)> = report
-        .hops
-        .iter()
-        .map(|t| (t.label.rsplit(' ').next().unwrap().to_string(), t.hops))
-        .collect();
-    let want: Vec<(String, usize)> = expected
-        .into_iter()
-        .map(|(n, h)| (n.to_string(), h))
-        .collect();
-    assert_eq!(got, want);
+    script.check(&report);
     assert_eq!(report.open_handles, 0);
 }

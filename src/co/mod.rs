@@ -17,10 +17,39 @@ use crate::fsdev::{
 use crate::runtime::Co;
 use crate::server::V9fsState;
 
-/// An open handle of either kind, for closing.
+/// An open handle of either kind: what the handle-level co functions take.
+#[derive(Clone)]
 pub(crate) enum Handle {
     File(FileHandle),
     Dir(DirHandle),
+}
+
+impl Handle {
+    // These run on a worker: a directory's stream is locked for the call.
+    fn fsync(&self, datasync: bool) -> FsResult<()> {
+        match self {
+            Handle::File(f) => f.fsync(datasync),
+            Handle::Dir(d) => lock_dir(d).fsync(datasync),
+        }
+    }
+    fn futimens(&self, times: &[Timespec; 2]) -> FsResult<()> {
+        match self {
+            Handle::File(f) => f.futimens(times),
+            Handle::Dir(d) => lock_dir(d).futimens(times),
+        }
+    }
+    fn ftruncate(&self, size: u64) -> FsResult<()> {
+        match self {
+            Handle::File(f) => f.ftruncate(size),
+            Handle::Dir(d) => lock_dir(d).ftruncate(size),
+        }
+    }
+    fn fstat(&self) -> FsResult<FileStat> {
+        match self {
+            Handle::File(f) => f.fstat(),
+            Handle::Dir(d) => lock_dir(d).fstat(),
+        }
+    }
 }
 
 /// One hop with no lock: cancellation check, then `job` on a worker.
@@ -255,18 +284,6 @@ pub(crate) fn co_st_gen(co: &Co, s: &V9fsState, path: &V9fsPath, mode: u32) -> F
 
 // ---- cofile.c -----------------------------------------------------------
 
-/// `v9fs_co_fstat` on a file handle.
-pub(crate) fn co_fstat(co: &Co, s: &V9fsState, file: &FileHandle) -> FsResult<FileStat> {
-    let file = Arc::clone(file);
-    hop(co, s, move |_| file.fstat())
-}
-
-/// `v9fs_co_fstat` on a directory handle.
-pub(crate) fn co_fstat_dir(co: &Co, s: &V9fsState, dir: &DirHandle) -> FsResult<FileStat> {
-    let dir = Arc::clone(dir);
-    hop(co, s, move |_| lock_dir(&dir).fstat())
-}
-
 /// `v9fs_co_open`; past the open-fd high-water mark, reclaims (a hop).
 pub(crate) fn co_open(co: &Co, s: &V9fsState, path: &V9fsPath, flags: i32) -> FsResult<FileHandle> {
     let path = path.clone();
@@ -352,16 +369,8 @@ fn close_hop(co: &Co, s: &V9fsState, handles: Vec<Handle>) -> FsResult<()> {
 
 /// `v9fs_co_fsync`.
 pub(crate) fn co_fsync(co: &Co, s: &V9fsState, h: &Handle, datasync: bool) -> FsResult<()> {
-    match h {
-        Handle::File(f) => {
-            let f = Arc::clone(f);
-            hop(co, s, move |_| f.fsync(datasync))
-        }
-        Handle::Dir(d) => {
-            let d = Arc::clone(d);
-            hop(co, s, move |_| lock_dir(&d).fsync(datasync))
-        }
-    }
+    let h = h.clone();
+    hop(co, s, move |_| h.fsync(datasync))
 }
 
 /// `v9fs_co_futimens`.
@@ -371,30 +380,20 @@ pub(crate) fn co_futimens(
     h: &Handle,
     times: [Timespec; 2],
 ) -> FsResult<()> {
-    match h {
-        Handle::File(f) => {
-            let f = Arc::clone(f);
-            hop(co, s, move |_| f.futimens(&times))
-        }
-        Handle::Dir(d) => {
-            let d = Arc::clone(d);
-            hop(co, s, move |_| lock_dir(&d).futimens(&times))
-        }
-    }
+    let h = h.clone();
+    hop(co, s, move |_| h.futimens(&times))
 }
 
 /// `v9fs_co_ftruncate`.
 pub(crate) fn co_ftruncate(co: &Co, s: &V9fsState, h: &Handle, size: u64) -> FsResult<()> {
-    match h {
-        Handle::File(f) => {
-            let f = Arc::clone(f);
-            hop(co, s, move |_| f.ftruncate(size))
-        }
-        Handle::Dir(d) => {
-            let d = Arc::clone(d);
-            hop(co, s, move |_| lock_dir(&d).ftruncate(size))
-        }
-    }
+    let h = h.clone();
+    hop(co, s, move |_| h.ftruncate(size))
+}
+
+/// `v9fs_co_fstat` on an open file or directory.
+pub(crate) fn co_fstat(co: &Co, s: &V9fsState, h: &Handle) -> FsResult<FileStat> {
+    let h = h.clone();
+    hop(co, s, move |_| h.fstat())
 }
 
 /// QEMU 7.2's fsync, fstat (Tlock, Tgetlock) or Twstat-fsync on a fid that

@@ -78,8 +78,7 @@ pub(crate) fn v9fs_getattr(
             Compat::V7_2 => None,
         };
         let st = match handle {
-            Some(Handle::File(f)) => co::co_fstat(co, s, &f)?,
-            Some(Handle::Dir(d)) => co::co_fstat_dir(co, s, &d)?,
+            Some(h) => co::co_fstat(co, s, &h)?,
             None => co::co_lstat(co, s, &path)?,
         };
         let qid = s.stat_to_qid(&st)?;

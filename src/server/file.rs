@@ -382,8 +382,7 @@ pub(crate) fn v9fs_fsync(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
 /// The fstat Tlock and Tgetlock make as a validity check.
 fn lock_fstat(co: &Co, s: &V9fsState, fidp: &FidRef) -> Result<(), Errno> {
     match lock_handle(s, fidp)? {
-        Some(co::Handle::File(f)) => co::co_fstat(co, s, &f).map(drop),
-        Some(co::Handle::Dir(d)) => co::co_fstat_dir(co, s, &d).map(drop),
+        Some(h) => co::co_fstat(co, s, &h).map(drop),
         // fstat(0) succeeds in practice.
         None => co::co_unopened_handle_op(co, s, Ok(())),
     }

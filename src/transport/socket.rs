@@ -128,60 +128,63 @@ pub fn listen(exec: &Handle, export: Rc<Export>, addr: &ListenAddr) -> io::Resul
     let shared = Rc::new(ListenerShared {
         conns: RefCell::new(Vec::new()),
     });
-    match addr {
+    let local_addr = match addr {
         ListenAddr::Tcp(hostport) => {
             let std_listener = std::net::TcpListener::bind(hostport)?;
             std_listener.set_nonblocking(true)?;
             let local = std_listener.local_addr()?.to_string();
             let l = TcpListener::from_std(std_listener);
-            let (h, sh) = (exec.clone(), Rc::clone(&shared));
             let fd = l.as_raw_fd();
-            exec.register(&mut SourceFd(&fd), Interest::READABLE, move |_| loop {
-                match l.accept() {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        log::info!("connection from {peer}");
-                        let fd = OwnedFd::from(std::net::TcpStream::from(stream));
-                        accept(&h, &export, &sh, fd, None, peer.to_string());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log::error!("accept on fd {fd}: {e}");
-                        break;
-                    }
-                }
+            on_accept(exec, &export, &shared, fd, move || {
+                l.accept().map(|(stream, peer)| {
+                    let _ = stream.set_nodelay(true);
+                    let fd = OwnedFd::from(std::net::TcpStream::from(stream));
+                    (fd, peer.to_string())
+                })
             })?;
-            Ok(Listener {
-                local_addr: local,
-                shared,
-            })
+            local
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path);
             let l = UnixListener::bind(path)?;
-            let (h, sh) = (exec.clone(), Rc::clone(&shared));
-            let name = path.display().to_string();
             let fd = l.as_raw_fd();
-            exec.register(&mut SourceFd(&fd), Interest::READABLE, move |_| loop {
-                match l.accept() {
-                    Ok((stream, _)) => {
-                        let fd = OwnedFd::from(std::os::unix::net::UnixStream::from(stream));
-                        accept(&h, &export, &sh, fd, None, "unix client".into());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log::error!("accept on fd {fd}: {e}");
-                        break;
-                    }
-                }
+            on_accept(exec, &export, &shared, fd, move || {
+                l.accept().map(|(stream, _)| {
+                    let fd = OwnedFd::from(std::os::unix::net::UnixStream::from(stream));
+                    (fd, "unix client".to_string())
+                })
             })?;
-            Ok(Listener {
-                local_addr: name,
-                shared,
-            })
+            path.display().to_string()
         }
-        ListenAddr::Fd(..) => Err(io::Error::other("fd:R,W is served with serve_fds")),
-    }
+        ListenAddr::Fd(..) => return Err(io::Error::other("fd:R,W is served with serve_fds")),
+    };
+    Ok(Listener { local_addr, shared })
+}
+
+/// Registers a listening socket: on each readable event, `accept` is called
+/// until it would block, and every connection gets its session.
+fn on_accept(
+    exec: &Handle,
+    export: &Rc<Export>,
+    shared: &Rc<ListenerShared>,
+    fd: RawFd,
+    mut accept_one: impl FnMut() -> io::Result<(OwnedFd, String)> + 'static,
+) -> io::Result<()> {
+    let (h, export, sh) = (exec.clone(), Rc::clone(export), Rc::clone(shared));
+    exec.register(&mut SourceFd(&fd), Interest::READABLE, move |_| loop {
+        match accept_one() {
+            Ok((conn, peer)) => {
+                log::info!("connection from {peer}");
+                accept(&h, &export, &sh, conn, None, peer);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                log::error!("accept on fd {fd}: {e}");
+                break;
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// A socket file left by an earlier run would make bind fail; remove it,

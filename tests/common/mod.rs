@@ -318,3 +318,50 @@ impl Client {
         matches!(r, Ok(1))
     }
 }
+
+/// A sequence of requests, each sent alone, with the hops QEMU's table says
+/// it takes; `check` compares with what the tracer saw.
+pub struct HopScript {
+    expected: Vec<(&'static str, usize)>,
+    /// Require every reply to be a success.
+    pub all_ok: bool,
+}
+
+impl HopScript {
+    pub fn new(all_ok: bool) -> HopScript {
+        HopScript {
+            expected: Vec::new(),
+            all_ok,
+        }
+    }
+
+    /// Sends one request (tag 0), waits for its reply, and expects `hops`.
+    pub fn run(&mut self, c: &mut Client, id: u8, body: Vec<u8>, name: &'static str, hops: usize) {
+        c.send(id, 0, &body);
+        let (rid, _, rbody) = c.recv();
+        if self.all_ok {
+            assert_ne!(rid, RLERROR, "{name}: {rbody:?}");
+        }
+        self.expected.push((name, hops));
+    }
+
+    /// The hops per request, in order, against the expectations.
+    pub fn check(&self, report: &Report) {
+        let got: Vec<(String, usize)> = report
+            .hops
+            .iter()
+            .map(|t| (t.label.rsplit(' ').next().unwrap().to_string(), t.hops))
+            .collect();
+        let want: Vec<(String, usize)> = self
+            .expected
+            .iter()
+            .map(|(n, h)| (n.to_string(), *h))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
+
+/// A Twalk body of one name.
+pub fn walk_body(fid: u32, newfid: u32, name: &[u8]) -> Vec<u8> {
+    le![d fid, d newfid, w 1, s name]
+}
