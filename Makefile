@@ -1,7 +1,7 @@
 # coro9p: the two commands a new machine needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test test-deps lint fmt bench qtest clean
+.PHONY: all build run test test-deps lint fmt bench qtest docs clean
 
 all: build
 
@@ -49,6 +49,11 @@ qtest: test-deps
 # Medians, never timed tests: see benches/ for what is measured.
 bench:
 	$(CARGO) bench --bench runtime
+
+# Redraws docs/img/*.svg from real traced runs.
+docs:
+	$(CARGO) build --release
+	bash docs/tools/make-pictures.sh
 
 clean:
 	$(CARGO) clean

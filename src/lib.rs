@@ -15,6 +15,7 @@ pub mod fsdev;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
+pub mod trace_render;
 pub mod transport;
 
 /// Which QEMU's client-visible behaviour to match (`--compat`): master, or

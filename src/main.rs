@@ -14,6 +14,7 @@ use coro9p::Compat;
 
 const USAGE: &str = "\
 usage: coro9p --fsdev OPTIONS --listen ADDR [--listen ADDR ...] [options]
+       coro9p trace-render TRACE.jsonl -o OUT.svg [--title TEXT] [--only Tread,Twrite]
 
   --fsdev OPTIONS     the export, as QEMU's -fsdev takes it:
                         local,path=DIR,security_model=passthrough|mapped-xattr|mapped-file|none
@@ -224,8 +225,45 @@ fn stop_on_signals(exec: &Executor) -> Result<Rc<std::cell::Cell<bool>>, String>
     Ok(stop)
 }
 
+/// `coro9p trace-render`: draws a hop trace as an SVG picture.
+fn trace_render(args: &[String]) -> Result<(), String> {
+    let mut input = None;
+    let mut output = None;
+    let mut title = None;
+    let mut only = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => output = it.next().cloned(),
+            "--title" => title = it.next().cloned(),
+            "--only" => only = it.next().cloned().unwrap_or_default(),
+            f if input.is_none() && !f.starts_with('-') => input = Some(f.to_string()),
+            other => return Err(format!("trace-render: unknown argument '{other}'.")),
+        }
+    }
+    let input = input.ok_or("trace-render needs a trace file (see coro9p --help).")?;
+    let output = output.ok_or("trace-render needs -o OUT.svg.")?;
+    let text = std::fs::read_to_string(&input).map_err(|e| format!("cannot read {input}: {e}."))?;
+    let events = coro9p::trace_render::parse_jsonl(&text).map_err(|e| format!("{input}: {e}."))?;
+    let title = title.unwrap_or_else(|| input.clone());
+    let names: Vec<&str> = only.split(',').filter(|n| !n.is_empty()).collect();
+    let events = coro9p::trace_render::select(&events, &names);
+    let (svg, _) = coro9p::trace_render::render(&events, &title);
+    std::fs::write(&output, svg).map_err(|e| format!("cannot write {output}: {e}."))
+}
+
 fn main() -> ExitCode {
-    let parsed = match parse_args(std::env::args().skip(1).collect()) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("trace-render") {
+        return match trace_render(&argv[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("coro9p: {msg}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let parsed = match parse_args(argv) {
         Ok(p) => p,
         Err(msg) => {
             eprintln!("coro9p: {msg}");
