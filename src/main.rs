@@ -159,7 +159,16 @@ fn run(args: Args) -> Result<(), String> {
     let only_fds = args.listen.iter().all(|a| matches!(a, ListenAddr::Fd(..)));
     exec.run_until(|| stop.get() || (only_fds && listeners.iter().all(|l| l.connections() == 0)))
         .map_err(|e| format!("main loop: {e}."))?;
-    // Let requests in flight finish (their sessions are reset on close).
+    // A graceful stop: no new connections or requests; those in flight
+    // finish and are answered (for at most 30 s), then every session is
+    // reset, which closes its files.
+    for l in &listeners {
+        l.drain();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while listeners.iter().any(|l| l.active_requests() > 0) && std::time::Instant::now() < deadline {
+        let _ = exec.turn(Some(Duration::from_millis(50)));
+    }
     for l in &listeners {
         for s in l.sessions() {
             s.disconnect();

@@ -188,3 +188,38 @@ fn a_truncated_message_gets_enobufs_and_a_closed_connection() {
     let mut b = [0u8; 1];
     assert_eq!(c.s.read(&mut b).unwrap(), 0, "connection closed");
 }
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_then_exits() {
+    let path = std::env::temp_dir().join(format!("coro9p-term-{}.sock", std::process::id()));
+    let mut child = coro9p()
+        .args(["--fsdev", "synth", "--listen"])
+        .arg(format!("unix:{}", path.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "listening on");
+    let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut c = Client { s };
+    c.attach();
+    c.walk(0, 1, &["WRITE"]);
+    c.ok(TLOPEN, &le![d 1, d 1]);
+    // 20000 bytes to WRITE: 20000 hops, one byte each; SIGTERM meanwhile.
+    let data = vec![7u8; 20000];
+    c.send(TWRITE, 4, &le![d 1, q 0, d 20000, x &data]);
+    std::thread::sleep(Duration::from_millis(20));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The write still completes and is answered.
+    assert_eq!(c.recv(), (TWRITE + 1, 4, le![d 20000]));
+    // New requests are no longer taken.
+    c.send(TGETATTR, 5, &le![d 0, q 0x7ff]);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut b = [0u8; 16];
+    assert_eq!(c.s.read(&mut b).unwrap_or(0), 0, "no reply after the stop");
+}

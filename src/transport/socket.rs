@@ -93,6 +93,9 @@ pub struct Listener {
     /// Where it listens (the bound port for tcp:HOST:0).
     pub local_addr: String,
     shared: Rc<ListenerShared>,
+    /// The listening socket's registration (none for the fd transport).
+    accepting: std::cell::Cell<Option<(Token, RawFd)>>,
+    exec: Handle,
 }
 
 /// Owns the open connections of one listener; a connection removes itself
@@ -105,6 +108,24 @@ impl Listener {
     /// Number of connections open now.
     pub fn connections(&self) -> usize {
         self.shared.conns.borrow().len()
+    }
+
+    /// Stops taking new connections and new requests; requests already
+    /// submitted go on and their replies are still written (for a graceful
+    /// stop on SIGTERM).
+    pub fn drain(&self) {
+        if let Some((token, fd)) = self.accepting.take() {
+            // Dropping the callback closes the listening socket.
+            let _ = self.exec.deregister(&mut SourceFd(&fd), token);
+        }
+        for c in self.shared.conns.borrow().iter() {
+            c.borrow_mut().draining = true;
+        }
+    }
+
+    /// Requests in flight over all connections.
+    pub fn active_requests(&self) -> usize {
+        self.sessions().iter().map(|s| s.active_requests()).sum()
     }
 
     /// The sessions of the open connections.
@@ -135,30 +156,36 @@ pub fn listen(exec: &Handle, export: Rc<Export>, addr: &ListenAddr) -> io::Resul
             let local = std_listener.local_addr()?.to_string();
             let l = TcpListener::from_std(std_listener);
             let fd = l.as_raw_fd();
-            on_accept(exec, &export, &shared, fd, move || {
+            let token = on_accept(exec, &export, &shared, fd, move || {
                 l.accept().map(|(stream, peer)| {
                     let _ = stream.set_nodelay(true);
                     let fd = OwnedFd::from(std::net::TcpStream::from(stream));
                     (fd, peer.to_string())
                 })
             })?;
-            local
+            (local, token, fd)
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path);
             let l = UnixListener::bind(path)?;
             let fd = l.as_raw_fd();
-            on_accept(exec, &export, &shared, fd, move || {
+            let token = on_accept(exec, &export, &shared, fd, move || {
                 l.accept().map(|(stream, _)| {
                     let fd = OwnedFd::from(std::os::unix::net::UnixStream::from(stream));
                     (fd, "unix client".to_string())
                 })
             })?;
-            path.display().to_string()
+            (path.display().to_string(), token, fd)
         }
         ListenAddr::Fd(..) => return Err(io::Error::other("fd:R,W is served with serve_fds")),
     };
-    Ok(Listener { local_addr, shared })
+    let (local_addr, token, fd) = local_addr;
+    Ok(Listener {
+        local_addr,
+        shared,
+        accepting: std::cell::Cell::new(Some((token, fd))),
+        exec: exec.clone(),
+    })
 }
 
 /// Registers a listening socket: on each readable event, `accept` is called
@@ -169,7 +196,7 @@ fn on_accept(
     shared: &Rc<ListenerShared>,
     fd: RawFd,
     mut accept_one: impl FnMut() -> io::Result<(OwnedFd, String)> + 'static,
-) -> io::Result<()> {
+) -> io::Result<Token> {
     let (h, export, sh) = (exec.clone(), Rc::clone(export), Rc::clone(shared));
     exec.register(&mut SourceFd(&fd), Interest::READABLE, move |_| loop {
         match accept_one() {
@@ -183,8 +210,7 @@ fn on_accept(
                 break;
             }
         }
-    })?;
-    Ok(())
+    })
 }
 
 /// A socket file left by an earlier run would make bind fail; remove it,
@@ -216,6 +242,8 @@ pub fn serve_fds(
     Ok(Listener {
         local_addr: "fd".into(),
         shared,
+        accepting: std::cell::Cell::new(None),
+        exec: exec.clone(),
     })
 }
 
@@ -250,6 +278,8 @@ pub struct Connection {
     /// A pump is already deferred.
     pump_pending: bool,
     owner: Weak<ListenerShared>,
+    /// Stopping: no new requests are taken.
+    draining: bool,
 }
 
 /// The transport side the session sees.
@@ -292,6 +322,7 @@ fn start(
         exec: exec.clone(),
         pump_pending: false,
         owner: Rc::downgrade(shared),
+        draining: false,
     }));
     let transport = Rc::new(ConnTransport {
         conn: Rc::downgrade(&conn),
@@ -389,7 +420,7 @@ fn pump(conn: &Rc<RefCell<Connection>>) {
     loop {
         let next = {
             let mut c = conn.borrow_mut();
-            if c.closed {
+            if c.closed || c.draining {
                 return;
             }
             if c.wbuf.len() - c.wpos > c.backlog_limit() {
