@@ -23,6 +23,7 @@ usage: coro9p --fsdev OPTIONS --listen ADDR [--listen ADDR ...] [options]
   --listen ADDR       tcp:HOST:PORT, unix:PATH, fd:R,W or stdio (repeatable)
   --compat VERSION    behave like QEMU master (default) or 7.2
   --workers N         most worker threads (default 64)
+  --max-connections N most connections served at once per listener (default 1024)
   --trace-hops FILE   record every thread hop, written as JSON lines at exit
   -v, --verbose       log more (RUST_LOG overrides)
   -h, --help          this text
@@ -33,6 +34,7 @@ struct Args {
     listen: Vec<ListenAddr>,
     compat: Compat,
     workers: usize,
+    max_connections: usize,
     trace_hops: Option<String>,
     verbose: u8,
 }
@@ -47,6 +49,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut listen = Vec::new();
     let mut compat = Compat::Master;
     let mut workers = 64;
+    let mut max_connections = coro9p::transport::socket::DEFAULT_MAX_CONNECTIONS;
     let mut trace_hops = None;
     let mut verbose = 0;
     let mut it = args.into_iter();
@@ -88,6 +91,12 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("--workers takes a positive number, not '{v}'."))?;
             }
+            "--max-connections" => {
+                let v = value("--max-connections")?;
+                max_connections = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("--max-connections takes a positive number, not '{v}'.")
+                })?;
+            }
             "--trace-hops" => trace_hops = Some(value("--trace-hops")?),
             other => return Err(format!("unknown argument '{other}' (see coro9p --help).")),
         }
@@ -101,6 +110,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         listen,
         compat,
         workers,
+        max_connections,
         trace_hops,
         verbose,
     }))
@@ -149,6 +159,7 @@ fn run(args: Args) -> Result<(), String> {
             _ => listen(&exec, Rc::clone(&export), addr),
         }
         .map_err(|e| format!("cannot listen on {addr:?}: {e}."))?;
+        l.set_max_connections(args.max_connections);
         log::info!("listening on {}", l.local_addr);
         if let Some(cmd) = mount_hint(addr, &l.local_addr) {
             println!("coro9p: mount it with:\n  {cmd}");
@@ -166,7 +177,8 @@ fn run(args: Args) -> Result<(), String> {
         l.drain();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while listeners.iter().any(|l| l.active_requests() > 0) && std::time::Instant::now() < deadline {
+    while listeners.iter().any(|l| l.active_requests() > 0) && std::time::Instant::now() < deadline
+    {
         let _ = exec.turn(Some(Duration::from_millis(50)));
     }
     for l in &listeners {

@@ -27,7 +27,7 @@ fn version_frame() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// A Tversion round trip over any stream.
-fn version_round_trip(mut s: impl Read + Write) {
+fn version_round_trip<S: Read + Write>(mut s: S) {
     let (req, want) = version_frame();
     s.write_all(&req).unwrap();
     let mut got = vec![0u8; want.len()];
@@ -222,4 +222,34 @@ fn sigterm_lets_requests_in_flight_finish_then_exits() {
     assert!(status.success(), "{status}");
     let mut b = [0u8; 16];
     assert_eq!(c.s.read(&mut b).unwrap_or(0), 0, "no reply after the stop");
+}
+
+#[test]
+fn connections_past_the_cap_are_closed() {
+    let path = std::env::temp_dir().join(format!("coro9p-cap-{}.sock", std::process::id()));
+    let mut child = coro9p()
+        .args(["--fsdev", "synth", "--max-connections", "2", "--listen"])
+        .arg(format!("unix:{}", path.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "listening on");
+    let connect = || {
+        let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    let (a, b) = (connect(), connect());
+    version_round_trip(&a);
+    version_round_trip(&b);
+    let mut third = connect();
+    let (req, _) = version_frame();
+    let _ = third.write_all(&req);
+    let mut buf = [0u8; 16];
+    assert_eq!(third.read(&mut buf).unwrap_or(0), 0, "the third is closed");
+    drop(a);
+    // A place is free again.
+    std::thread::sleep(Duration::from_millis(200));
+    version_round_trip(connect());
+    stop(child);
 }

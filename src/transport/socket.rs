@@ -102,7 +102,12 @@ pub struct Listener {
 /// when it closes.
 struct ListenerShared {
     conns: RefCell<Vec<Rc<RefCell<Connection>>>>,
+    max_conns: std::cell::Cell<usize>,
 }
+
+/// Connections a listener serves at once unless told otherwise
+/// (`--max-connections`); each may hold 128 requests in flight.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl Listener {
     /// Number of connections open now.
@@ -121,6 +126,11 @@ impl Listener {
         for c in self.shared.conns.borrow().iter() {
             c.borrow_mut().draining = true;
         }
+    }
+
+    /// Caps the connections served at once; one more is closed at once.
+    pub fn set_max_connections(&self, n: usize) {
+        self.shared.max_conns.set(n.max(1));
     }
 
     /// Requests in flight over all connections.
@@ -148,6 +158,7 @@ impl Listener {
 pub fn listen(exec: &Handle, export: Rc<Export>, addr: &ListenAddr) -> io::Result<Listener> {
     let shared = Rc::new(ListenerShared {
         conns: RefCell::new(Vec::new()),
+        max_conns: std::cell::Cell::new(DEFAULT_MAX_CONNECTIONS),
     });
     let local_addr = match addr {
         ListenAddr::Tcp(hostport) => {
@@ -237,6 +248,7 @@ pub fn serve_fds(
 ) -> io::Result<Listener> {
     let shared = Rc::new(ListenerShared {
         conns: RefCell::new(Vec::new()),
+        max_conns: std::cell::Cell::new(DEFAULT_MAX_CONNECTIONS),
     });
     start(exec, &export, &shared, read, write, "fd".into())?;
     Ok(Listener {
@@ -255,6 +267,11 @@ fn accept(
     write: Option<OwnedFd>,
     peer: String,
 ) {
+    let max = shared.max_conns.get();
+    if shared.conns.borrow().len() >= max {
+        log::warn!("{peer}: refused, {max} connections are open (--max-connections)");
+        return;
+    }
     if let Err(e) = start(exec, export, shared, fd, write, peer) {
         log::error!("cannot serve a new connection: {e}");
     }
