@@ -1,7 +1,7 @@
 # coro9p: the two commands a new machine needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test test-deps lint fmt bench qtest docs clean
+.PHONY: all build run test test-deps lint fmt bench qtest docs fuzz clean
 
 all: build
 
@@ -49,6 +49,12 @@ qtest: test-deps
 # Medians, never timed tests: see benches/ for what is measured.
 bench:
 	$(CARGO) bench --bench runtime
+
+# libFuzzer on the decoder and on whole sessions (synth, local), each for
+# FUZZ_SECONDS (60); new corpus entries and crashes land in tests/fuzz/,
+# which make test replays.
+fuzz:
+	bash fuzz/run.sh
 
 # Redraws docs/img/*.svg from real traced runs.
 docs:

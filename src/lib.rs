@@ -12,6 +12,7 @@
 
 pub mod co;
 pub mod fsdev;
+pub mod fuzzing;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
