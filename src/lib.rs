@@ -15,6 +15,7 @@ pub mod fsdev;
 pub mod fuzzing;
 pub mod protocol;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod trace_render;
 pub mod transport;

@@ -25,6 +25,7 @@ usage: coro9p --fsdev OPTIONS --listen ADDR [--listen ADDR ...] [options]
   --workers N         most worker threads (default 64)
   --max-connections N most connections served at once per listener (default 1024)
   --trace-hops FILE   record every thread hop, written as JSON lines at exit
+  --sandbox           confine the server's file access to the export (Landlock)
   -v, --verbose       log more (RUST_LOG overrides)
   -h, --help          this text
   -V, --version       the version";
@@ -36,6 +37,7 @@ struct Args {
     workers: usize,
     max_connections: usize,
     trace_hops: Option<String>,
+    sandbox: bool,
     verbose: u8,
 }
 
@@ -51,6 +53,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut workers = 64;
     let mut max_connections = coro9p::transport::socket::DEFAULT_MAX_CONNECTIONS;
     let mut trace_hops = None;
+    let mut sandbox = false;
     let mut verbose = 0;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -74,6 +77,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                 return Ok(Parsed::Exit(ExitCode::SUCCESS));
             }
             "-v" | "--verbose" => verbose += 1,
+            "--sandbox" => sandbox = true,
             "--fsdev" => fsdev = Some(value("--fsdev")?),
             "--listen" => listen.push(ListenAddr::parse(&value("--listen")?)?),
             "--compat" => {
@@ -112,6 +116,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         workers,
         max_connections,
         trace_hops,
+        sandbox,
         verbose,
     }))
 }
@@ -149,16 +154,17 @@ fn run(args: Args) -> Result<(), String> {
         ..RuntimeConfig::default()
     })
     .map_err(|e| format!("cannot start the main loop: {e}."))?;
+    let stop = stop_on_signals(&exec)?;
+    // Sockets are bound and files opened before the sandbox closes in; the
+    // fd transport starts serving (and so may start workers) only after it.
     let mut listeners: Vec<Listener> = Vec::new();
-    for addr in &args.listen {
-        let l = match addr {
-            ListenAddr::Fd(r, w) => {
-                let (read, write) = inherited_fds(*r, *w)?;
-                serve_fds(&exec, Rc::clone(&export), read, write)
-            }
-            _ => listen(&exec, Rc::clone(&export), addr),
-        }
-        .map_err(|e| format!("cannot listen on {addr:?}: {e}."))?;
+    for addr in args
+        .listen
+        .iter()
+        .filter(|a| !matches!(a, ListenAddr::Fd(..)))
+    {
+        let l = listen(&exec, Rc::clone(&export), addr)
+            .map_err(|e| format!("cannot listen on {addr:?}: {e}."))?;
         l.set_max_connections(args.max_connections);
         log::info!("listening on {}", l.local_addr);
         if let Some(cmd) = mount_hint(addr, &l.local_addr) {
@@ -166,7 +172,30 @@ fn run(args: Args) -> Result<(), String> {
         }
         listeners.push(l);
     }
-    let stop = stop_on_signals(&exec)?;
+    let mut trace_file = match &args.trace_hops {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot write the hop trace {path}: {e}."))?,
+        ),
+        None => None,
+    };
+    if args.sandbox {
+        let root = match &export.options.driver {
+            coro9p::server::FsDriver::Local { path, .. } => Some(path.as_path()),
+            coro9p::server::FsDriver::Synth => None,
+        };
+        let abi = coro9p::sandbox::restrict_to(root)
+            .map_err(|e| format!("cannot start the sandbox (Landlock): {e}."))?;
+        log::info!("sandbox: file access confined to the export (Landlock ABI {abi})");
+    }
+    for addr in &args.listen {
+        if let ListenAddr::Fd(r, w) = addr {
+            let (read, write) = inherited_fds(*r, *w)?;
+            let l = serve_fds(&exec, Rc::clone(&export), read, write)
+                .map_err(|e| format!("cannot serve {addr:?}: {e}."))?;
+            listeners.push(l);
+        }
+    }
     let only_fds = args.listen.iter().all(|a| matches!(a, ListenAddr::Fd(..)));
     exec.run_until(|| stop.get() || (only_fds && listeners.iter().all(|l| l.connections() == 0)))
         .map_err(|e| format!("main loop: {e}."))?;
@@ -190,11 +219,9 @@ fn run(args: Args) -> Result<(), String> {
     while exec.stats().tasks > 0 && std::time::Instant::now() < deadline {
         let _ = exec.turn(Some(Duration::from_millis(50)));
     }
-    if let Some(path) = &args.trace_hops {
-        let mut f = std::fs::File::create(path)
-            .map_err(|e| format!("cannot write the hop trace {path}: {e}."))?;
+    if let (Some(path), Some(f)) = (&args.trace_hops, trace_file.as_mut()) {
         exec.tracer()
-            .write_jsonl(&mut f)
+            .write_jsonl(f)
             .map_err(|e| format!("cannot write the hop trace {path}: {e}."))?;
     }
     Ok(())
