@@ -43,6 +43,7 @@ qtest: test-deps
 	$(CARGO) build --workspace
 	./target/debug/qos-test -m slow
 	./target/debug/qos-test -m slow --max-size 4096
+	./target/debug/qos-test -m slow --target ffi
 	./target/debug/qos-test -m slow --max-size 4096 --target qemu
 	./target/debug/qos-test -m slow --max-size 4096 --compare
 

@@ -61,8 +61,8 @@ pub fn session(fsdev: &str, data: &[u8]) {
         ..RuntimeConfig::default()
     })
     .expect("executor");
-    let export = Export::open(ExportOptions::parse(fsdev).expect("fsdev"), Compat::Master)
-        .expect("export");
+    let export =
+        Export::open(ExportOptions::parse(fsdev).expect("fsdev"), Compat::Master).expect("export");
     let sink = Rc::new(Sink::default());
     let s = V9fsState::new(exec.handle(), export, sink.clone());
     let mut rest = data;
@@ -93,7 +93,11 @@ pub fn session(fsdev: &str, data: &[u8]) {
         }
         let _ = exec.turn(Some(Duration::from_millis(1)));
     }
-    assert_eq!(exec.stats().tasks, 0, "requests still running after the reset");
+    assert_eq!(
+        exec.stats().tasks,
+        0,
+        "requests still running after the reset"
+    );
     for r in sink.replies.borrow().iter() {
         if r.is_empty() {
             continue; // a discarded (flushed) request
@@ -134,8 +138,16 @@ mod tests {
     #[test]
     fn a_session_of_frames_runs_to_the_end() {
         let mut data = frame(100, 0xffff, b"\x00\x20\x00\x00\x08\x009P2000.L");
-        data.extend(frame(104, 0, b"\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00"));
-        data.extend(frame(24, 1, b"\x00\x00\x00\x00\xff\x07\x00\x00\x00\x00\x00\x00"));
+        data.extend(frame(
+            104,
+            0,
+            b"\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00",
+        ));
+        data.extend(frame(
+            24,
+            1,
+            b"\x00\x00\x00\x00\xff\x07\x00\x00\x00\x00\x00\x00",
+        ));
         data.extend([1, 2, 3]);
         session("synth", &data);
         session(&local_fixture(), &data);

@@ -16,7 +16,10 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
             if name.starts_with('.') {
                 continue;
             }
-            out.push((format!("{kind}/{target}/{name}"), std::fs::read(e.path()).unwrap()));
+            out.push((
+                format!("{kind}/{target}/{name}"),
+                std::fs::read(e.path()).unwrap(),
+            ));
         }
     }
     out.sort();

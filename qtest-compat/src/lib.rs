@@ -11,6 +11,7 @@
 
 pub mod cases;
 pub mod client;
+pub mod ffi;
 pub mod qemu;
 pub mod runner;
 pub mod transport;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cases::{self, Case, Ctx, Fsdev, PREFIX};
 use crate::client::{Client, Fail};
+use crate::ffi::FfiTransport;
 use crate::qemu::{QemuConfig, QemuTransport};
 use crate::transport::{hex, Coro9pServer, ReqHandle, StreamTransport, Transport};
 
@@ -19,6 +20,8 @@ pub enum Target {
     Qemu,
     /// Both: every reply of QEMU 7.2 and of coro9p --compat 7.2 compared.
     Compare,
+    /// coro9p through its C ABI, behind a C harness playing virtio-9p.
+    Ffi,
 }
 
 /// What to run, and how.
@@ -102,6 +105,16 @@ fn start_instance(
     compat: &str,
 ) -> Result<Instance, Fail> {
     Ok(match target {
+        Target::Ffi => Instance {
+            cmdline: cmdline.to_string(),
+            transport: Box::new(FfiTransport::start(
+                cmdline,
+                compat,
+                opts.max_size,
+                opts.verbose,
+            )?),
+            _server: None,
+        },
         Target::Qemu => Instance {
             cmdline: cmdline.to_string(),
             transport: Box::new(QemuTransport::start(
@@ -213,15 +226,13 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Summary {
     let mut sum = Summary::default();
     let mut inst: Option<Instance> = None;
     for (path, case) in select(&opts.paths) {
-        let on_7_2 = opts.compat == "7.2" || opts.target != Target::Coro9p;
+        let ours = matches!(opts.target, Target::Coro9p | Target::Ffi);
+        let on_7_2 = opts.compat == "7.2" || !ours;
         let skip = if case.slow && !opts.slow {
             Some("slow case: run with -m slow".to_string())
         } else if on_7_2 && !case.in_7_2 {
             Some("not in QEMU 7.2's suite".to_string())
-        } else if opts.target != Target::Coro9p
-            && matches!(case.fsdev, Fsdev::Local(_))
-            && !opts.slow
-        {
+        } else if !ours && matches!(case.fsdev, Fsdev::Local(_)) && !opts.slow {
             Some("QEMU 7.2 registers the local cases only with -m slow".to_string())
         } else {
             None

@@ -174,6 +174,34 @@ pub(crate) fn c_atoi(s: &[u8]) -> i32 {
     n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64 as i32
 }
 
+/// A POSIX record lock, as Tlock and Tgetlock carry it under `locks=posix`:
+/// the type (`libc::F_RDLCK`, `F_WRLCK` or `F_UNLCK`) and the byte range
+/// from `start`, `len` bytes long (0: to the end of the file, however far
+/// it grows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordLock {
+    /// `F_RDLCK`, `F_WRLCK` or `F_UNLCK`.
+    pub ty: i16,
+    /// The first byte.
+    pub start: u64,
+    /// The length; 0 for "to the end of the file".
+    pub len: u64,
+}
+
+/// A lock that stands in the way of a [`RecordLock`] (what `F_OFD_GETLK`
+/// reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockConflict {
+    /// The conflicting lock.
+    pub lock: RecordLock,
+    /// The owner bytes given to [`OpenFile::setlk`] by the holder, when the
+    /// holder is a lock owner of this driver and can be told.
+    pub owner: Option<Vec<u8>>,
+    /// The holder's pid when it is a host process's traditional POSIX
+    /// lock; 0 otherwise.
+    pub pid: i32,
+}
+
 /// An open file (QEMU's `V9fsFidOpenState` for a FILE fid).
 pub trait OpenFile: Send + Sync {
     /// Reads at `offset` into `buf`; the bytes read.
@@ -191,6 +219,18 @@ pub trait OpenFile: Send + Sync {
     /// QEMU's `has_valid_file_handle`: whether getattr, setattr, fsync and
     /// lock may use this handle instead of the path.
     fn has_valid_handle(&self) -> bool;
+    /// `locks=posix`: sets or clears (`F_UNLCK`) a record lock on this file
+    /// for the lock owner `owner` (opaque bytes from the server), never
+    /// waiting: EAGAIN if another owner holds a conflicting lock. Drivers
+    /// without record locks answer EOPNOTSUPP.
+    fn setlk(&self, _owner: &[u8], _lock: &RecordLock) -> FsResult<()> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    /// `locks=posix`: the first lock of another owner that conflicts with
+    /// `lock`, or `None`.
+    fn getlk(&self, _owner: &[u8], _lock: &RecordLock) -> FsResult<Option<LockConflict>> {
+        Err(Errno::EOPNOTSUPP)
+    }
 }
 
 /// An open directory stream (QEMU's `V9fsFidOpenState` for a DIR fid).

@@ -36,6 +36,22 @@ pub enum Multidevs {
     Warn,
 }
 
+/// `locks=`: what Tlock and Tgetlock do (an option of coro9p's own;
+/// QEMU has no such option and behaves as [`Locks::Qemu`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Locks {
+    /// QEMU's answer (the default): Tlock checks the fid's handle and
+    /// always succeeds, Tgetlock always answers "unlocked"; no lock is
+    /// taken, the client's own VFS locks for its processes.
+    #[default]
+    Qemu,
+    /// Real POSIX record locks, shared by every client and host process:
+    /// Tlock takes an open-file-description lock on the file for the lock
+    /// owner (session, `client_id`, `proc_id`) and answers "blocked"
+    /// instead of waiting; Tgetlock reports a conflicting lock.
+    Posix,
+}
+
 /// The driver and its own options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FsDriver {
@@ -53,6 +69,8 @@ pub enum FsDriver {
         fmode: Option<u32>,
         /// `dmode=`, for the mapped models.
         dmode: Option<u32>,
+        /// `locks=` (coro9p's own).
+        locks: Locks,
     },
     /// `synth`: QEMU's test file system with its qtest fixtures.
     Synth,
@@ -84,6 +102,7 @@ const FSDEV_KEYS: &[&str] = &[
     "max_xattr",
     "socket",
     "sock_fd",
+    "locks",
 ];
 const LOCAL_KEYS: &[&str] = &[
     "path",
@@ -92,6 +111,7 @@ const LOCAL_KEYS: &[&str] = &[
     "multidevs",
     "fmode",
     "dmode",
+    "locks",
 ];
 const COMMON_KEYS: &[&str] = &["id", "fsdriver", "readonly", "max_xattr"];
 
@@ -153,6 +173,7 @@ impl ExportOptions {
         let mut multidevs = None;
         let mut fmode = None;
         let mut dmode = None;
+        let mut locks = Locks::default();
         for (k, v) in &kv {
             if !FSDEV_KEYS.contains(&k.as_str()) {
                 return Err(format!("Invalid parameter '{k}'"));
@@ -202,6 +223,13 @@ impl ExportOptions {
                 }
                 "fmode" => fmode = Some(parse_mode(k, v)?),
                 "dmode" => dmode = Some(parse_mode(k, v)?),
+                "locks" => {
+                    locks = match v.as_str() {
+                        "qemu" => Locks::Qemu,
+                        "posix" => Locks::Posix,
+                        _ => return Err(format!("invalid locks property '{v}'")),
+                    }
+                }
                 _ => return Err(format!("'{k}' is not supported by coro9p")),
             }
         }
@@ -223,6 +251,7 @@ impl ExportOptions {
                 multidevs,
                 fmode,
                 dmode,
+                locks,
             };
         }
         Ok(opts)
@@ -285,6 +314,8 @@ pub struct Export {
     pub(crate) compat: Compat,
     /// The root's device (`dev_id`), for multidevs.
     pub(crate) root_dev: u64,
+    /// `locks=`.
+    pub(crate) locks: Locks,
     pub(crate) fds: FdBudget,
     /// The options it was made from.
     pub options: ExportOptions,
@@ -322,6 +353,7 @@ impl Export {
                 multidevs,
                 fmode,
                 dmode,
+                locks: _,
             } => {
                 let model = match security_model {
                     SecurityModel::Passthrough => LocalModel::Passthrough,
@@ -379,6 +411,10 @@ impl Export {
             max_xattr: options.max_xattr,
             compat,
             root_dev: root.dev,
+            locks: match options.driver {
+                FsDriver::Local { locks, .. } => locks,
+                FsDriver::Synth => Locks::Qemu,
+            },
             fds: soft.map_or_else(FdBudget::from_rlimit, FdBudget::new),
             options,
         }))
@@ -429,6 +465,31 @@ mod tests {
         assert_eq!(
             e("local,path=/x,security_model=passthrough,fmode=644"),
             "fmode and dmode are only valid for mapped security modes"
+        );
+        assert_eq!(
+            e("synth,locks=posix"),
+            "'locks' is invalid for fsdriver 'synth'"
+        );
+        assert_eq!(
+            e("local,path=/x,security_model=none,locks=flock"),
+            "invalid locks property 'flock'"
+        );
+    }
+
+    #[test]
+    fn locks_default_to_qemus_answer() {
+        let locks = |s| match ExportOptions::parse(s).unwrap().driver {
+            FsDriver::Local { locks, .. } => locks,
+            FsDriver::Synth => unreachable!(),
+        };
+        assert_eq!(locks("local,path=/x,security_model=none"), Locks::Qemu);
+        assert_eq!(
+            locks("local,path=/x,security_model=none,locks=qemu"),
+            Locks::Qemu
+        );
+        assert_eq!(
+            locks("local,path=/x,security_model=mapped-file,locks=posix"),
+            Locks::Posix
         );
     }
 

@@ -12,8 +12,9 @@ use super::attr::{
 };
 use super::dir::check_name;
 use super::fid::{FidRef, OpenState, FID_NON_RECLAIMABLE};
+use super::lock;
 use super::session::with_fid;
-use super::{FidType, HandlerResult, Pdu, V9fsState};
+use super::{FidType, HandlerResult, Locks, Pdu, V9fsState};
 use crate::co::{self, c_name};
 use crate::fsdev::{FsCred, V9fsPath};
 use crate::protocol::{
@@ -389,13 +390,17 @@ fn lock_fstat(co: &Co, s: &V9fsState, fidp: &FidRef) -> Result<(), Errno> {
 }
 
 /// `v9fs_lock`: checks the fid, then always answers success; no lock is
-/// taken (the client's VFS does the locking).
+/// taken (the client's VFS does the locking). With `locks=posix`, a real
+/// lock instead (`lock.rs`).
 pub(crate) fn v9fs_lock(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) -> HandlerResult {
     let m: Tlock = s.unmarshal(pdu, body)?;
     if m.flags & !P9_LOCK_FLAGS_BLOCK != 0 {
         return Err(Errno::EINVAL);
     }
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
+        if s.export.locks == Locks::Posix {
+            return lock::posix_lock(co, s, fidp, &m);
+        }
         lock_fstat(co, s, fidp)?;
         Ok(Rlock {
             status: P9_LOCK_SUCCESS,
@@ -404,7 +409,8 @@ pub(crate) fn v9fs_lock(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) 
     })
 }
 
-/// `v9fs_getlock`: always "unlocked", echoing the request.
+/// `v9fs_getlock`: always "unlocked", echoing the request; with
+/// `locks=posix`, the lock in the way (`lock.rs`).
 pub(crate) fn v9fs_getlock(
     co: &Co,
     s: &Rc<V9fsState>,
@@ -413,6 +419,9 @@ pub(crate) fn v9fs_getlock(
 ) -> HandlerResult {
     let m: Tgetlock = s.unmarshal(pdu, body)?;
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
+        if s.export.locks == Locks::Posix {
+            return lock::posix_getlock(co, s, fidp, m);
+        }
         lock_fstat(co, s, fidp)?;
         Ok(Rgetlock {
             ty: P9_LOCK_TYPE_UNLCK,

@@ -14,11 +14,12 @@ mod dir;
 mod export;
 mod fid;
 mod file;
+mod lock;
 mod qid;
 mod session;
 mod xattr;
 
-pub use export::{Export, ExportOptions, FsDriver, SecurityModel};
+pub use export::{Export, ExportOptions, FsDriver, Locks, SecurityModel};
 pub use fid::{FidState, FidType};
 
 use std::cell::{Cell, RefCell};
@@ -34,7 +35,9 @@ use crate::protocol::{
     self as p9, errno_to_dotl, message_name, strerror, Dialect, Fid, Msg, P9Str, Tag, Wire,
     HEADER_SIZE,
 };
-use crate::runtime::{CancelFlag, Co, CoQueue, CoRwLock, CoRwLockReadGuard, Handle, TaskOpts};
+use crate::runtime::{
+    CancelFlag, Co, CoQueue, CoRwLock, CoRwLockReadGuard, Handle, Task, TaskId, TaskOpts,
+};
 use crate::transport::Transport;
 use crate::Compat;
 
@@ -55,6 +58,8 @@ pub struct Pdu {
     cancelled: CancelFlag,
     /// Tflushes waiting for this request to complete.
     complete: CoQueue,
+    /// The task running the request (for hop-trace marks).
+    task: Cell<Option<TaskId>>,
 }
 
 impl Pdu {
@@ -93,6 +98,7 @@ impl PduPool {
                     size: Cell::new(0),
                     cancelled: CancelFlag::new(),
                     complete: CoQueue::new(),
+                    task: Cell::new(None),
                 })
             })
             .collect();
@@ -325,6 +331,7 @@ impl V9fsState {
             cancel: Some(pdu.cancelled.clone()),
         };
         self.exec.enter_with(opts, move |co| {
+            pdu.task.set(Some(co.id()));
             co.trace_mark("arrival");
             let body = &frame[HEADER_SIZE..];
             let result = catch_unwind(AssertUnwindSafe(|| handler(co, &s, &pdu, body)))
@@ -419,13 +426,30 @@ impl V9fsState {
 
     /// The transport is gone: cancel every request in flight (so none keeps
     /// retrying for a client that left), wait for them to end, then free
-    /// every fid (closing its files), as a device reset does.
-    pub fn disconnect(self: &Rc<Self>) {
+    /// every fid (closing its files), as a device reset does. The returned
+    /// task ends when all of that is done.
+    pub fn disconnect(self: &Rc<Self>) -> Task<()> {
         for &i in self.pdus.active.borrow().iter() {
             self.pdus.slots[i].cancelled.cancel();
         }
+        self.reset()
+    }
+
+    /// A device reset (QEMU's `v9fs_reset`, as virtio's reset calls it):
+    /// the requests in flight run to their end, uncancelled, then every fid
+    /// is freed. msize and dialect stay. The returned task ends when the
+    /// fids are freed; the transport runs the loop until then.
+    pub fn reset(self: &Rc<Self>) -> Task<()> {
         let s = Rc::clone(self);
-        self.exec.enter(move |co| s.v9fs_reset(co));
+        self.exec.enter(move |co| s.v9fs_reset(co))
+    }
+
+    /// Gives back a PDU taken with [`V9fsState::pdu_alloc`] that was never
+    /// submitted (QEMU's transport calling `pdu_free`: no request to go
+    /// with it, or one it refused). The caller guarantees `idx` is such a
+    /// PDU.
+    pub fn pdu_release(&self, idx: usize) {
+        self.pdu_free(&self.pdus.slots[idx]);
     }
 
     /// QEMU's `v9fs_reset`: drain the active list, then free all fids.

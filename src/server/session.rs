@@ -124,6 +124,9 @@ pub(crate) fn v9fs_flush(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
     }
     if let Some(cancel_pdu) = s.find_active(m.oldtag) {
         cancel_pdu.cancelled.cancel();
+        if let Some(task) = cancel_pdu.task.get() {
+            s.exec.trace_mark(task, "cancel");
+        }
         cancel_pdu.complete.wait(co);
         // Pass the wake-up on to the next flush of the same tag; the last
         // one frees the request.

@@ -5,6 +5,7 @@
 //! and submits it; the session hands each finished reply back through
 //! [`Transport::push_and_notify`].
 
+pub mod ffi;
 pub mod socket;
 
 /// What a session needs from its transport (QEMU's `V9fsTransport`).

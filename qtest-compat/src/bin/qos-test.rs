@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use qtest_compat::runner::{self, Options, Target};
 
 const USAGE: &str = "\
-usage: qos-test [-l] [-p PATH ...] [-m slow] [--verbose] [--target coro9p|qemu]
+usage: qos-test [-l] [-p PATH ...] [-m slow] [--verbose] [--target coro9p|qemu|ffi]
                 [--compare] [--max-size 32768|4096] [--compat master|7.2]
                 [--coro9p BIN] [--qemu BIN]
 
@@ -17,7 +17,9 @@ usage: qos-test [-l] [-p PATH ...] [-m slow] [--verbose] [--target coro9p|qemu]
   --target T      where to run: coro9p (a coro9p server on a Unix socket) or
                   qemu (Debian's QEMU 7.2 under qtest; its qtest module comes
                   from qtest-compat/scripts/build-qtest-accel.sh, found in
-                  QEMU_MODULE_DIR or the script's cache)
+                  QEMU_MODULE_DIR or the script's cache) or ffi (coro9p's C
+                  ABI behind a C harness playing virtio-9p; built next to
+                  this program from tests/ffi/harness.c and libcoro9p.a)
   --compare       run each case on QEMU 7.2 and on coro9p --compat 7.2 and
                   compare every reply byte for byte
   --max-size N    the client's P9_MAX_SIZE: 32768 (QEMU master) or 4096 (7.2)
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
                 "--target" => match value("--target")?.as_str() {
                     "coro9p" => opts.target = Target::Coro9p,
                     "qemu" => opts.target = Target::Qemu,
+                    "ffi" => opts.target = Target::Ffi,
                     t => return Err(format!("qos-test: target '{t}' is not available.")),
                 },
                 "--compare" => opts.target = Target::Compare,

@@ -25,6 +25,7 @@
 //! refused by every path operation and the walk, and left out of readdir
 //! (the CVE-2017-7493 class).
 
+mod locks;
 mod mapped;
 #[cfg(test)]
 mod mapped_tests;
@@ -44,10 +45,11 @@ use nix::sys::time::TimeSpec;
 use nix::sys::uio;
 use nix::unistd::{self, Gid, Uid, UnlinkatFlags, Whence};
 
+use self::locks::{HeldLocks, LockOwners};
 use self::mapped::MappedCred;
 use super::{
     DirEnt, DirHandle, DirStream, Errno, ExportFlags, FileHandle, FileOperations, FileStat, FsCred,
-    FsResult, OpenFile, SessionCtx, StatFs, Timespec, V9fsPath,
+    FsResult, LockConflict, OpenFile, RecordLock, SessionCtx, StatFs, Timespec, V9fsPath,
 };
 
 /// The security models.
@@ -103,6 +105,8 @@ pub struct LocalFs {
     st_gen: bool,
     /// Whether a refused special-file open was logged already.
     special_logged: AtomicBool,
+    /// The descriptions record locks are held through (`locks=posix`).
+    lock_owners: Arc<LockOwners>,
 }
 
 /// The dirname and basename of a driver path, as glib's
@@ -277,6 +281,7 @@ impl LocalFs {
             dmode: DEFAULT_DMODE,
             st_gen,
             special_logged: AtomicBool::new(false),
+            lock_owners: Arc::default(),
         })
     }
 
@@ -681,6 +686,7 @@ impl FileOperations for LocalFs {
             fd,
             writeout_immediate: self.writeout_immediate,
             model: self.model,
+            locks: HeldLocks::new(Arc::clone(&self.lock_owners)),
         }))
     }
 
@@ -722,6 +728,7 @@ impl FileOperations for LocalFs {
             fd,
             writeout_immediate: self.writeout_immediate,
             model: self.model,
+            locks: HeldLocks::new(Arc::clone(&self.lock_owners)),
         }))
     }
 
@@ -854,6 +861,8 @@ struct LocalFile {
     fd: OwnedFd,
     writeout_immediate: bool,
     model: LocalModel,
+    /// Record locks taken through this handle (`locks=posix`).
+    locks: HeldLocks,
 }
 
 /// `fstat` on an open handle: the host's, with the credentials of the
@@ -919,6 +928,14 @@ impl OpenFile for LocalFile {
 
     fn has_valid_handle(&self) -> bool {
         true
+    }
+
+    fn setlk(&self, owner: &[u8], lock: &RecordLock) -> FsResult<()> {
+        self.locks.setlk(self.fd.as_fd(), owner, lock)
+    }
+
+    fn getlk(&self, owner: &[u8], lock: &RecordLock) -> FsResult<Option<LockConflict>> {
+        self.locks.getlk(self.fd.as_fd(), owner, lock)
     }
 }
 
