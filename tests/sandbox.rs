@@ -10,7 +10,6 @@ mod common;
 use std::fs;
 use std::io::ErrorKind;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -85,7 +84,7 @@ fn a_sandboxed_server_still_serves_its_export() {
     fs::write(dir.join("f"), b"hello").unwrap();
     let sock = base.join("s.sock");
     let trace = base.join("t.jsonl");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coro9p"))
+    let child = Command::new(env!("CARGO_BIN_EXE_coro9p"))
         .arg("--fsdev")
         .arg(format!(
             "local,path={},security_model=mapped-xattr",
@@ -100,16 +99,8 @@ fn a_sandboxed_server_still_serves_its_export() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
     {
-        let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut c = Client { s };
+        let mut c = connect_when_ready(&sock);
         c.attach();
         c.walk(0, 1, &["f"]);
         c.ok(TLOPEN, &le![d 1, d 2]);
@@ -133,12 +124,7 @@ fn a_sandboxed_server_still_serves_its_export() {
         c.walk(0, 5, &["d"]);
         c.ok(TUNLINKAT, &le![d 5, s b"g", d 0]);
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    stop_process(child);
     assert_eq!(fs::read(dir.join("f")).unwrap(), b"hello!");
     assert!(dir.join("d").is_dir());
     assert!(

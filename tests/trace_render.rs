@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 
@@ -22,7 +21,7 @@ fn a_traced_run_renders_to_one_lane_per_thread_and_one_arrow_per_hop() {
     let trace = dir.join("t.jsonl");
     let svg = dir.join("t.svg");
     let bin = env!("CARGO_BIN_EXE_coro9p");
-    let mut child = Command::new(bin)
+    let child = Command::new(bin)
         .args(["--fsdev", "synth", "--listen"])
         .arg(format!("unix:{}", sock.display()))
         .arg("--trace-hops")
@@ -31,16 +30,8 @@ fn a_traced_run_renders_to_one_lane_per_thread_and_one_arrow_per_hop() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
     {
-        let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut c = Client { s };
+        let mut c = connect_when_ready(&sock);
         c.attach();
         c.walk(0, 1, &["ReadDirDir"]);
         c.ok(TLOPEN, &le![d 1, d 0o200000]);
@@ -49,12 +40,7 @@ fn a_traced_run_renders_to_one_lane_per_thread_and_one_arrow_per_hop() {
         c.ok(TLOPEN, &le![d 2, d 1]);
         c.ok(TWRITE, &le![d 2, q 0, d 3, x b"abc"]);
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    stop_process(child);
     let text = std::fs::read_to_string(&trace).unwrap();
     let events = coro9p::trace_render::parse_jsonl(&text).unwrap();
     let labelled = coro9p::trace_render::select(&events, &[]);

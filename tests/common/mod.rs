@@ -365,3 +365,57 @@ impl HopScript {
 pub fn walk_body(fid: u32, newfid: u32, name: &[u8]) -> Vec<u8> {
     le![d fid, d newfid, w 1, s name]
 }
+
+/// A fresh directory under the temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+static DIRS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, empty directory named after `tag`, this process and a counter.
+pub fn temp_dir(tag: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!(
+        "coro9p-{tag}-{}-{}",
+        std::process::id(),
+        DIRS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+/// Waits (up to 2 s) for a server to create its socket, then connects.
+pub fn connect_when_ready(sock: &std::path::Path) -> Client {
+    for _ in 0..200 {
+        if sock.exists() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    Client { s }
+}
+
+/// SIGTERM to a coro9p process; it must exit with success.
+pub fn stop_process(mut child: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "coro9p exited with {status}");
+}
