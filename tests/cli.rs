@@ -253,3 +253,16 @@ fn connections_past_the_cap_are_closed() {
     version_round_trip(connect());
     stop(child);
 }
+
+#[test]
+fn a_frame_larger_than_the_read_ahead_is_served() {
+    // msize 4 MiB and a 2 MiB Twrite: more than the transport reads ahead.
+    let srv = TestServer::start("synth", coro9p::Compat::Master);
+    let mut c = srv.connect();
+    c.version(4 << 20, "9P2000.L");
+    c.ok(TATTACH, &le![d 0, d NOFID, s b"", s b"", d 0]);
+    // To a walked but unopened fid: EINVAL, once the whole frame is in.
+    c.walk(0, 2, &["LOPEN"]);
+    let data = vec![0u8; 2 << 20];
+    c.expect_err(TWRITE, &le![d 2, q 0, d data.len(), x &data], 22);
+}

@@ -490,6 +490,9 @@ fn pump(conn: &Rc<RefCell<Connection>>) {
 /// complete yet (or reading paused); `Err`: the stream is broken.
 fn next_frame(c: &mut Connection) -> Result<Option<Vec<u8>>, String> {
     loop {
+        // Read ahead at most READ_AHEAD, but always far enough to complete
+        // the frame at the head (one may be larger than READ_AHEAD).
+        let mut want = READ_AHEAD;
         if c.rbuf.len() >= HEADER_SIZE {
             let h = Header::decode(&c.rbuf).map_err(|e| e.to_string())?;
             let limit = c.frame_limit();
@@ -506,8 +509,9 @@ fn next_frame(c: &mut Connection) -> Result<Option<Vec<u8>>, String> {
                 let rest = c.rbuf.split_off(h.size as usize);
                 return Ok(Some(std::mem::replace(&mut c.rbuf, rest)));
             }
+            want = want.max(h.size as usize);
         }
-        if c.eof || c.rbuf.len() >= READ_AHEAD {
+        if c.eof || c.rbuf.len() >= want {
             return Ok(None);
         }
         let mut buf = [0u8; 64 * 1024];
