@@ -47,9 +47,12 @@ qtest: test-deps
 	./target/debug/qos-test -m slow --max-size 4096 --target qemu
 	./target/debug/qos-test -m slow --max-size 4096 --compare
 
-# Medians, never timed tests: see benches/ for what is measured.
+# Medians, never timed tests: benches/ (the runtime) and bench/ (9P
+# workloads against diod and the direct syscall loop; see docs/perf.md).
 bench:
-	$(CARGO) bench --bench runtime
+	@mkdir -p docs/perf
+	bash -o pipefail -c '$(CARGO) bench --bench runtime | tee docs/perf/runtime.txt'
+	CARGO='$(CARGO)' bash bench/scripts/make-bench.sh
 
 # libFuzzer on the decoder and on whole sessions (synth, local), each for
 # FUZZ_SECONDS (60); new corpus entries and crashes land in tests/fuzz/,
