@@ -594,3 +594,44 @@ fn local_hops_per_message_match_qemu() {
     script.check(&report);
     assert_eq!(report.open_handles, 0);
 }
+
+/// 9P2000.u's Tstat and Twstat on an open, unlinked file: by path, as
+/// QEMU (ENOENT), unless dotu_handles=on sends them through the open file.
+#[test]
+fn dotu_stat_and_wstat_of_an_open_unlinked_file() {
+    for (opt, ok) in [("", false), (",dotu_handles=on", true)] {
+        let dir = export_dir();
+        let srv = TestServer::start(
+            &format!(
+                "local,path={},security_model=passthrough{opt}",
+                dir.display()
+            ),
+            Compat::Master,
+        );
+        let mut c = srv.connect();
+        c.version(8192, "9P2000.u");
+        c.send(TATTACH, 0, &le![d 0, d NOFID, s b"", s b"", d 0]);
+        c.recv();
+        c.send(TWALK, 0, &le![d 0, d 1, w 0]);
+        c.recv();
+        c.send(TCREATE, 0, &le![d 1, s b"doa", d 0o644, b 2, s b""]);
+        assert_eq!(c.recv().0, TCREATE + 1);
+        c.send(TWALK, 0, &le![d 0, d 2, w 1, s b"doa"]);
+        c.recv();
+        c.send(TREMOVE, 0, &le![d 2]);
+        assert_eq!(c.recv().0, TREMOVE + 1);
+        c.send(TSTAT, 0, &le![d 1]);
+        let (id, _, _) = c.recv();
+        assert_eq!(id == TSTAT + 1, ok, "Tstat with '{opt}'");
+        // Twstat changing only the length.
+        let body = le![
+            w 0xffff, d 0xffff_ffffu32, b 0xff, d 0xffff_ffffu32, q u64::MAX, d 0xffff_ffffu32,
+            d 0xffff_ffffu32, d 0xffff_ffffu32, q 100, s b"", s b"", s b"", s b"", s b"",
+            d 0xffff_ffffu32, d 0xffff_ffffu32, d 0xffff_ffffu32
+        ];
+        let stat = [le![w body.len()], body].concat();
+        c.send(TWSTAT, 0, &[le![d 1, w stat.len()], stat].concat());
+        let (id, _, _) = c.recv();
+        assert_eq!(id == TWSTAT + 1, ok, "Twstat with '{opt}'");
+    }
+}

@@ -272,13 +272,28 @@ pub(crate) fn stat_to_v9stat(
     .fit_size())
 }
 
+/// The open handle Tstat and Twstat use with `dotu_handles=on` (beyond
+/// QEMU, master compat only); `None`: by path, as QEMU.
+fn dotu_handle(s: &V9fsState, fidp: &FidRef) -> Option<Handle> {
+    (s.compat() == Compat::Master && s.export.options.dotu_handles)
+        .then(|| valid_handle(fidp))
+        .flatten()
+}
+
 /// `v9fs_stat` (Tstat). The outer size of Rstat is written as 0, as QEMU
 /// writes it.
 pub(crate) fn v9fs_stat(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) -> HandlerResult {
     let m: Tstat = s.unmarshal(pdu, body)?;
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
         let path = fidp.borrow().path.clone();
-        let st = co::co_lstat(co, s, &path)?;
+        // QEMU goes by path (an open, unlinked file: ENOENT); with
+        // dotu_handles=on an open file is stat'ed through its handle, as
+        // Tgetattr does.
+        let handle = dotu_handle(s, fidp);
+        let st = match handle {
+            Some(h) => co::co_fstat(co, s, &h)?,
+            None => co::co_lstat(co, s, &path)?,
+        };
         let name = s.export.ops.basename(&path);
         let stat = stat_to_v9stat(co, s, &path, &name, &st)?;
         Ok(Rstat { size: 0, stat }.into())
@@ -355,6 +370,9 @@ pub(crate) fn v9fs_wstat(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
     let (fid, _, v9stat) = head.map_err(|e| s.decode_failed(pdu, e))?;
     with_fid(co, s, fid, Errno::EINVAL, |fidp| {
         let path = fidp.borrow().path.clone();
+        // QEMU sets times and length by path; with dotu_handles=on they go
+        // through the fid's open file, as Tsetattr's do.
+        let handle = dotu_handle(s, fidp);
         if donttouch_stat(&v9stat) {
             super::file::fsync_fid(co, s, fidp, false)?;
             return Ok(Rwstat {}.into());
@@ -387,7 +405,11 @@ pub(crate) fn v9fs_wstat(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
                     }
                 }
             };
-            co::co_utimensat(co, s, &path, [t(v9stat.atime), t(v9stat.mtime)])?;
+            let times = [t(v9stat.atime), t(v9stat.mtime)];
+            match &handle {
+                Some(h) => co::co_futimens(co, s, h, times)?,
+                None => co::co_utimensat(co, s, &path, times)?,
+            }
         }
         if v9stat.n_gid != u32::MAX || v9stat.n_uid != u32::MAX {
             let uid = (v9stat.n_uid != u32::MAX).then_some(v9stat.n_uid);
@@ -399,7 +421,10 @@ pub(crate) fn v9fs_wstat(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
         }
         if v9stat.length != u64::MAX {
             let path = fidp.borrow().path.clone();
-            co::co_truncate(co, s, &path, v9stat.length)?;
+            match &handle {
+                Some(h) => co::co_ftruncate(co, s, h, v9stat.length)?,
+                None => co::co_truncate(co, s, &path, v9stat.length)?,
+            }
         }
         Ok(Rwstat {}.into())
     })

@@ -87,6 +87,11 @@ pub struct ExportOptions {
     pub readonly: bool,
     /// `max_xattr=` (QEMU master; default 1024, 0 = unlimited).
     pub max_xattr: u64,
+    /// `dotu_handles=on` (beyond QEMU, default off): 9P2000.u's Tstat and
+    /// Twstat (times, length) on an open fid go through its file handle, as
+    /// Tgetattr and Tsetattr do in 9P2000.L, so that fstat and ftruncate on
+    /// an open, unlinked file work. QEMU goes by path: ENOENT.
+    pub dotu_handles: bool,
 }
 
 const FSDEV_KEYS: &[&str] = &[
@@ -103,6 +108,7 @@ const FSDEV_KEYS: &[&str] = &[
     "socket",
     "sock_fd",
     "locks",
+    "dotu_handles",
 ];
 const LOCAL_KEYS: &[&str] = &[
     "path",
@@ -113,7 +119,7 @@ const LOCAL_KEYS: &[&str] = &[
     "dmode",
     "locks",
 ];
-const COMMON_KEYS: &[&str] = &["id", "fsdriver", "readonly", "max_xattr"];
+const COMMON_KEYS: &[&str] = &["id", "fsdriver", "readonly", "max_xattr", "dotu_handles"];
 
 /// V9FS_MAX_XATTR_DEFAULT.
 pub const MAX_XATTR_DEFAULT: u64 = 1024;
@@ -166,6 +172,7 @@ impl ExportOptions {
             driver: FsDriver::Synth,
             readonly: false,
             max_xattr: MAX_XATTR_DEFAULT,
+            dotu_handles: false,
         };
         let mut path = None;
         let mut model = None;
@@ -187,6 +194,7 @@ impl ExportOptions {
                 "id" => opts.id = Some(v.clone()),
                 "fsdriver" => {}
                 "readonly" => opts.readonly = parse_bool(k, v)?,
+                "dotu_handles" => opts.dotu_handles = parse_bool(k, v)?,
                 "max_xattr" => {
                     let n: u64 = v
                         .parse()
