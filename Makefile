@@ -25,6 +25,14 @@ run: build
 # test.
 test: lint test-deps
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory vm-test
+
+# The Linux kernel's 9P client mounts coro9p, QEMU's virtio-9p and diod in a
+# VM and runs one workload on each (tests/vm/, docs/vm-test.md). Installs
+# what it needs; about 7 minutes on 2 cores.
+.PHONY: vm-test
+vm-test:
+	CARGO="$(CARGO)" bash tests/vm/run.sh
 
 test-deps:
 	bash qtest-compat/scripts/test-deps.sh
