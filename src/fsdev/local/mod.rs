@@ -440,20 +440,31 @@ impl LocalFs {
         let odirfd = self.opendir_nofollow(odir)?;
         let ndirfd = self.opendir_nofollow(ndir)?;
         fcntl::renameat(&odirfd, oname, &ndirfd, nname)?;
-        if self.model == LocalModel::MappedFile {
-            let moved = mapped::carry_meta_file(
-                odirfd.as_fd(),
-                oname,
-                ndirfd.as_fd(),
-                nname,
-                mapped::Carry::Rename,
-            );
-            if let Err(e) = moved {
+        self.carry_meta(
+            (odirfd.as_fd(), oname),
+            (ndirfd.as_fd(), nname),
+            mapped::Carry::Rename,
+            || {
                 let _ = fcntl::renameat(&ndirfd, nname, &odirfd, oname);
-                return Err(e);
-            }
-        }
+            },
+        )?;
         Ok(())
+    }
+
+    /// Under mapped-file, an entry just renamed or linked from `from` to
+    /// `to` takes its metadata file along; if that fails, `undo` takes the
+    /// entry back so nothing is left half done.
+    fn carry_meta(
+        &self,
+        from: (BorrowedFd<'_>, &[u8]),
+        to: (BorrowedFd<'_>, &[u8]),
+        how: mapped::Carry,
+        undo: impl FnOnce(),
+    ) -> FsResult<()> {
+        if self.model != LocalModel::MappedFile {
+            return Ok(());
+        }
+        mapped::carry_meta_file(from.0, from.1, to.0, to.1, how).inspect_err(|_| undo())
     }
 
     /// Removes `name` in `dirfd` (QEMU's `local_unlinkat_common`); under
@@ -664,19 +675,14 @@ impl FileOperations for LocalFs {
         let (odirfd, oname) = self.parent(old)?;
         let ndirfd = self.opendir_nofollow(&dir.0)?;
         unistd::linkat(&odirfd, oname, &ndirfd, name, AtFlags::empty())?;
-        if self.model == LocalModel::MappedFile {
-            let moved = mapped::carry_meta_file(
-                odirfd.as_fd(),
-                oname,
-                ndirfd.as_fd(),
-                name,
-                mapped::Carry::Link,
-            );
-            if let Err(e) = moved {
+        self.carry_meta(
+            (odirfd.as_fd(), oname),
+            (ndirfd.as_fd(), name),
+            mapped::Carry::Link,
+            || {
                 let _ = unistd::unlinkat(&ndirfd, name, UnlinkatFlags::NoRemoveDir);
-                return Err(e);
-            }
-        }
+            },
+        )?;
         Ok(())
     }
 
