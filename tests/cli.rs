@@ -119,9 +119,9 @@ fn serves_over_tcp() {
     stop(child);
 }
 
-#[test]
-fn serves_over_a_unix_socket() {
-    let path = std::env::temp_dir().join(format!("coro9p-cli-{}.sock", std::process::id()));
+/// Starts `coro9p --fsdev synth` on a fresh unix socket and connects to it.
+fn synth_on_unix_socket(tag: &str) -> (Child, std::os::unix::net::UnixStream) {
+    let path = std::env::temp_dir().join(format!("coro9p-{tag}-{}.sock", std::process::id()));
     let mut child = coro9p()
         .args(["--fsdev", "synth", "--listen"])
         .arg(format!("unix:{}", path.display()))
@@ -131,6 +131,12 @@ fn serves_over_a_unix_socket() {
     wait_for_line(&mut child, "listening on");
     let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    (child, s)
+}
+
+#[test]
+fn serves_over_a_unix_socket() {
+    let (child, s) = synth_on_unix_socket("cli");
     version_round_trip(s);
     stop(child);
 }
@@ -191,16 +197,7 @@ fn a_truncated_message_gets_enobufs_and_a_closed_connection() {
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish_then_exits() {
-    let path = std::env::temp_dir().join(format!("coro9p-term-{}.sock", std::process::id()));
-    let mut child = coro9p()
-        .args(["--fsdev", "synth", "--listen"])
-        .arg(format!("unix:{}", path.display()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(&mut child, "listening on");
-    let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (mut child, s) = synth_on_unix_socket("term");
     let mut c = Client { s };
     c.attach();
     c.walk(0, 1, &["WRITE"]);
