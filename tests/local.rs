@@ -275,7 +275,7 @@ fn xattrs_are_created_committed_at_clunk_and_walked_back() {
     assert_eq!(c.ok(TWRITE, &le![d 1, q 0, d 4, x b"blue"]), le![d 4]);
     assert_eq!(c.ok(TCLUNK, &le![d 1]), le![]);
     assert_eq!(
-        xattr_get(&dir.join("f"), "user.colour").as_deref(),
+        lgetxattr(&dir.join("f"), "user.colour").as_deref(),
         Some(&b"blue"[..])
     );
     c.walk(0, 2, &["f"]);
@@ -291,29 +291,6 @@ fn xattrs_are_created_committed_at_clunk_and_walked_back() {
     );
     c.expect_err(TXATTRWALK, &le![d 2, d 5, s b"user.missing"], 61);
     c.expect_err(TXATTRWALK, &le![d 2, d 5, s b"trusted.x"], 95);
-}
-
-fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let name = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: both strings are NUL-terminated and live across the call; the
-    // buffer is valid for its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(buf)
 }
 
 #[test]

@@ -84,29 +84,6 @@ fn setattr_ok(c: &mut Client, fid: u32, valid: u32, mode: u32, uid: u32, gid: u3
     assert_eq!(f, frame(TSETATTR + 1, 0, &[]), "Tsetattr {valid:#x}");
 }
 
-fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let name = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: both strings are NUL-terminated and live across the call; the
-    // buffer is valid for its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(buf)
-}
-
 fn llistxattr(p: &Path) -> Vec<String> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;

@@ -419,3 +419,28 @@ pub fn stop_process(mut child: std::process::Child) {
     let status = child.wait().unwrap();
     assert!(status.success(), "coro9p exited with {status}");
 }
+
+/// The value of xattr `name` of `p` itself (not a symlink's target), or
+/// None when it is unset or unreadable.
+pub fn lgetxattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and live across the call; the
+    // buffer is valid for its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
