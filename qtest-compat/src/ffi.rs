@@ -338,6 +338,14 @@ impl FfiTransport {
         }
     }
 
+    /// The descriptor head of a request in flight.
+    fn head_of(&self, req: ReqHandle) -> Result<u16, String> {
+        self.slots
+            .get(&req)
+            .copied()
+            .ok_or_else(|| format!("request {req} is not in flight"))
+    }
+
     fn free_head(&mut self, req: ReqHandle) -> Option<u16> {
         let h = self.slots.remove(&req)?;
         self.busy[h as usize] = false;
@@ -368,10 +376,7 @@ impl Transport for FfiTransport {
     }
 
     fn wait(&mut self, req: ReqHandle) -> Result<Option<Vec<u8>>, String> {
-        let head = *self
-            .slots
-            .get(&req)
-            .ok_or_else(|| format!("request {req} is not in flight"))?;
+        let head = self.head_of(req)?;
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some((h, data)) = self.used.pop_front() {
@@ -388,10 +393,7 @@ impl Transport for FfiTransport {
     }
 
     fn read_done(&mut self, req: ReqHandle) -> Result<Vec<u8>, String> {
-        let head = *self
-            .slots
-            .get(&req)
-            .ok_or_else(|| format!("request {req} is not in flight"))?;
+        let head = self.head_of(req)?;
         // As qos-test reads the reply buffer at once: the used element was
         // pushed with the completion before it, so it is here or on its way.
         let deadline = Instant::now() + self.timeout;
