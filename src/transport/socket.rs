@@ -284,7 +284,10 @@ pub struct Connection {
     /// `read_fd`.
     write_fd: Option<OwnedFd>,
     tokens: Vec<Token>,
+    /// Bytes read, of which `rbuf[rpos..]` are not yet taken as frames; a
+    /// cursor so taking a frame never moves the bytes after it.
     rbuf: Vec<u8>,
+    rpos: usize,
     wbuf: Vec<u8>,
     wpos: usize,
     eof: bool,
@@ -330,6 +333,7 @@ fn start(
         write_fd,
         tokens: Vec::new(),
         rbuf: Vec::new(),
+        rpos: 0,
         wbuf: Vec::new(),
         wpos: 0,
         eof: false,
@@ -457,7 +461,7 @@ fn pump(conn: &Rc<RefCell<Connection>>) {
         let Some(frame) = next else {
             let (eof, idle) = {
                 let c = conn.borrow();
-                (c.eof, c.rbuf.is_empty())
+                (c.eof, c.rpos == c.rbuf.len())
             };
             if eof {
                 close(
@@ -475,11 +479,9 @@ fn pump(conn: &Rc<RefCell<Connection>>) {
         match session.pdu_alloc() {
             Some(idx) => session.pdu_submit(idx, frame),
             None => {
-                // All 128 PDUs are busy: keep the frame for when one frees.
-                let mut c = conn.borrow_mut();
-                let mut back = frame;
-                back.extend_from_slice(&c.rbuf);
-                c.rbuf = back;
+                // All 128 PDUs are busy: put the frame back (its bytes are
+                // still in rbuf, just before rpos) for when one frees.
+                conn.borrow_mut().rpos -= frame.len();
                 return;
             }
         }
@@ -493,8 +495,9 @@ fn next_frame(c: &mut Connection) -> Result<Option<Vec<u8>>, String> {
         // Read ahead at most READ_AHEAD, but always far enough to complete
         // the frame at the head (one may be larger than READ_AHEAD).
         let mut want = READ_AHEAD;
-        if c.rbuf.len() >= HEADER_SIZE {
-            let h = Header::decode(&c.rbuf).map_err(|e| e.to_string())?;
+        let unread = c.rbuf.len() - c.rpos;
+        if unread >= HEADER_SIZE {
+            let h = Header::decode(&c.rbuf[c.rpos..]).map_err(|e| e.to_string())?;
             let limit = c.frame_limit();
             if (h.size as usize) < HEADER_SIZE {
                 return Err(format!("frame size {} is below the 7-byte header", h.size));
@@ -505,14 +508,21 @@ fn next_frame(c: &mut Connection) -> Result<Option<Vec<u8>>, String> {
                     h.size, h.id, h.tag.0
                 ));
             }
-            if c.rbuf.len() >= h.size as usize {
-                let rest = c.rbuf.split_off(h.size as usize);
-                return Ok(Some(std::mem::replace(&mut c.rbuf, rest)));
+            if unread >= h.size as usize {
+                let frame = c.rbuf[c.rpos..c.rpos + h.size as usize].to_vec();
+                c.rpos += h.size as usize;
+                return Ok(Some(frame));
             }
             want = want.max(h.size as usize);
         }
-        if c.eof || c.rbuf.len() >= want {
+        if c.eof || unread >= want {
             return Ok(None);
+        }
+        // Only a partial frame is left before rpos moves on: drop what was
+        // taken (a copy of less than one frame).
+        if c.rpos > 0 {
+            c.rbuf.drain(..c.rpos);
+            c.rpos = 0;
         }
         let mut buf = [0u8; 64 * 1024];
         match nix::unistd::read(c.read_fd.as_fd(), &mut buf) {
@@ -608,7 +618,11 @@ fn close(conn: &Rc<RefCell<Connection>>, why: &str) {
         let _ = exec.deregister(&mut SourceFd(&fd), token);
     }
     session.disconnect();
-    conn.borrow_mut().rbuf = Vec::new();
+    {
+        let mut c = conn.borrow_mut();
+        c.rbuf = Vec::new();
+        c.rpos = 0;
+    }
     // The descriptors close when the last reference goes: the listener's
     // now, or a request still holding the transport later.
     if let Some(owner) = owner.upgrade() {
