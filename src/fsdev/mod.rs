@@ -254,8 +254,6 @@ pub trait DirStream: Send {
     fn ftruncate(&self, _size: u64) -> FsResult<()> {
         Err(Errno::EINVAL)
     }
-    /// As [`OpenFile::has_valid_handle`].
-    fn has_valid_handle(&self) -> bool;
 }
 
 /// An open file, shared by the fid and the jobs using it.
@@ -292,6 +290,11 @@ pub trait FileOperations: Send + Sync {
     fn open(&self, path: &V9fsPath, flags: i32, ctx: &SessionCtx) -> FsResult<FileHandle>;
     /// Opens a directory.
     fn opendir(&self, path: &V9fsPath) -> FsResult<DirHandle>;
+    /// As [`OpenFile::has_valid_handle`], for every directory this driver
+    /// opens (a property of the driver, read without the stream's lock).
+    fn dir_has_valid_handle(&self) -> bool {
+        false
+    }
     /// Creates and opens `name` in `dir`.
     fn open2(
         &self,

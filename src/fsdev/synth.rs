@@ -341,9 +341,6 @@ impl DirStream for SynthDir {
     fn futimens(&self, _times: &[Timespec; 2]) -> FsResult<()> {
         Err(Errno::ENOSYS)
     }
-    fn has_valid_handle(&self) -> bool {
-        false
-    }
 }
 
 impl FileOperations for SynthFs {

@@ -50,15 +50,18 @@ const P9_STAT_MODE_TYPE_BITS: u32 = P9_STAT_MODE_DIR
     | P9_STAT_MODE_NAMED_PIPE
     | P9_STAT_MODE_SOCKET;
 
-/// The fid's open handle if getattr/setattr/fsync/lock may use it.
-pub(crate) fn valid_handle(fidp: &FidRef) -> Option<Handle> {
+/// The fid's open handle if getattr/setattr/fsync/lock may use it (QEMU's
+/// `has_valid_file_handle`). For a directory the driver answers: asking
+/// the stream would take its lock on the main thread, and a worker holds
+/// it through a whole Treaddir batch.
+pub(crate) fn valid_handle(s: &V9fsState, fidp: &FidRef) -> Option<Handle> {
     let f = fidp.borrow();
-    if !f.has_valid_handle() {
-        return None;
+    if let Some(h) = f.file() {
+        return h.has_valid_handle().then_some(Handle::File(h));
     }
-    f.file()
-        .map(Handle::File)
-        .or_else(|| f.dir().map(Handle::Dir))
+    f.dir()
+        .filter(|_| s.export.ops.dir_has_valid_handle())
+        .map(Handle::Dir)
 }
 
 /// `v9fs_getattr`.
@@ -74,7 +77,7 @@ pub(crate) fn v9fs_getattr(
         // Master stats an open file through its handle, so that an unlinked
         // but open file still answers; 7.2 always went by path.
         let handle = match s.compat() {
-            Compat::Master => valid_handle(fidp),
+            Compat::Master => valid_handle(s, fidp),
             Compat::V7_2 => None,
         };
         let st = match handle {
@@ -134,7 +137,7 @@ pub(crate) fn v9fs_setattr(
     with_fid(co, s, m.fid, Errno::EINVAL, |fidp| {
         let path = fidp.borrow().path.clone();
         let handle = match s.compat() {
-            Compat::Master => valid_handle(fidp),
+            Compat::Master => valid_handle(s, fidp),
             Compat::V7_2 => None,
         };
         let v = m.valid;
@@ -276,7 +279,7 @@ pub(crate) fn stat_to_v9stat(
 /// QEMU, master compat only); `None`: by path, as QEMU.
 fn dotu_handle(s: &V9fsState, fidp: &FidRef) -> Option<Handle> {
     (s.compat() == Compat::Master && s.export.options.dotu_handles)
-        .then(|| valid_handle(fidp))
+        .then(|| valid_handle(s, fidp))
         .flatten()
 }
 

@@ -98,16 +98,6 @@ impl FidState {
             _ => None,
         }
     }
-
-    /// QEMU's `has_valid_file_handle`: an open handle that the driver lets
-    /// getattr, setattr, fsync and lock use.
-    pub(crate) fn has_valid_handle(&self) -> bool {
-        match &self.open {
-            OpenState::File(Some(h)) => h.has_valid_handle(),
-            OpenState::Dir(Some(d)) => d.lock().map(|d| d.has_valid_handle()).unwrap_or(false),
-            _ => false,
-        }
-    }
 }
 
 /// A fid shared by the table and the requests using it.

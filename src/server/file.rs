@@ -350,7 +350,7 @@ pub(crate) fn v9fs_write(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
 /// The handle fsync, Tlock and Tgetlock use; master answers EBADF without
 /// one (see `co_unopened_handle_op` for 7.2).
 fn lock_handle(s: &V9fsState, fidp: &FidRef) -> Result<Option<co::Handle>, Errno> {
-    match valid_handle(fidp) {
+    match valid_handle(s, fidp) {
         Some(h) => Ok(Some(h)),
         None if s.compat() == Compat::V7_2 => Ok(None),
         None => Err(Errno::EBADF),

@@ -696,6 +696,10 @@ impl FileOperations for LocalFs {
         }))
     }
 
+    fn dir_has_valid_handle(&self) -> bool {
+        true
+    }
+
     fn opendir(&self, path: &V9fsPath) -> FsResult<DirHandle> {
         let fd = self.opendir_nofollow(&path.0)?;
         Ok(Arc::new(Mutex::new(Box::new(LocalDir::new(
@@ -1088,10 +1092,6 @@ impl DirStream for LocalDir {
     fn futimens(&self, times: &[Timespec; 2]) -> FsResult<()> {
         stat::futimens(&self.fd, &time_spec(&times[0]), &time_spec(&times[1]))
     }
-
-    fn has_valid_handle(&self) -> bool {
-        true
-    }
 }
 
 #[cfg(test)]
@@ -1447,7 +1447,7 @@ mod tests {
         let fs = tmp.fs(LocalModel::Passthrough);
         let handle = fs.opendir(&root()).unwrap();
         let mut dir = handle.lock().unwrap();
-        assert!(dir.has_valid_handle());
+        assert!(fs.dir_has_valid_handle());
         assert!(dir.fstat().unwrap().is_dir());
         assert_eq!(dir.telldir(), Ok(0));
         let all = read_all(&mut **dir);
