@@ -46,16 +46,12 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn off(v: u64) -> FsResult<libc::off_t> {
-    libc::off_t::try_from(v).map_err(|_| Errno::EINVAL)
-}
-
 fn flock(lock: &RecordLock) -> FsResult<libc::flock> {
     Ok(libc::flock {
         l_type: lock.ty,
         l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: off(lock.start)?,
-        l_len: off(lock.len)?,
+        l_start: super::offset(lock.start)?,
+        l_len: super::offset(lock.len)?,
         // OFD locks need 0 here.
         l_pid: 0,
     })

@@ -172,7 +172,7 @@ fn time_spec(t: &Timespec) -> TimeSpec {
     TimeSpec::new(t.sec as libc::time_t, t.nsec as _)
 }
 
-fn offset(off: u64) -> FsResult<libc::off_t> {
+pub(super) fn offset(off: u64) -> FsResult<libc::off_t> {
     libc::off_t::try_from(off).map_err(|_| Errno::EINVAL)
 }
 
@@ -296,7 +296,8 @@ impl LocalFs {
 
     /// QEMU's `openat_file`: opens `name` in `dirfd` without following it,
     /// without becoming a controlling terminal and without blocking (a FIFO
-    /// must not hang the worker). Unless `O_PATH` is asked, anything but a
+    /// must not hang the worker). Unless `O_PATH` or `O_DIRECTORY` (which
+    /// the kernel already holds to a directory) is asked, anything but a
     /// regular file or a directory is refused with ENXIO, and the temporary
     /// O_NONBLOCK is dropped.
     fn openat_file(
@@ -317,7 +318,7 @@ impl LocalFs {
                 Err(e) => return Err(e),
             }
         };
-        if !flags.contains(OFlag::O_PATH) {
+        if !flags.intersects(OFlag::O_PATH | OFlag::O_DIRECTORY) {
             let st = stat::fstat(&fd)?;
             if !is_reg_or_dir(st.st_mode) {
                 if !self.special_logged.swap(true, Ordering::Relaxed) {
@@ -716,7 +717,7 @@ impl FileOperations for LocalFs {
         _ctx: &SessionCtx,
     ) -> FsResult<FileHandle> {
         self.check_entry_name(name)?;
-        let flags = OFlag::from_bits_retain(flags) | OFlag::O_NOFOLLOW;
+        let flags = OFlag::from_bits_retain(flags);
         let dirfd = self.opendir_nofollow(&dir.0)?;
         let mode = if self.model.is_mapped() {
             self.fmode
