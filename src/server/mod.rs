@@ -360,8 +360,14 @@ impl V9fsState {
             self.reply_frame(pdu, result)
         };
         self.transport.push_and_notify(pdu.idx, reply);
+        self.wake_flush_or_free(pdu);
+    }
+
+    /// Wakes the first Tflush waiting on `pdu`; with none left, frees it
+    /// (clearing a cancel a Tflush or a disconnect may have set). Each
+    /// waking flush calls this in turn, so the last one frees the request.
+    pub(crate) fn wake_flush_or_free(&self, pdu: &Pdu) {
         if !pdu.complete.next(&self.exec) {
-            // No Tflush waits: a disconnect may have cancelled it.
             pdu.cancelled.clear();
             self.pdu_free(pdu);
         }

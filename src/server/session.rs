@@ -128,12 +128,7 @@ pub(crate) fn v9fs_flush(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
             s.exec.trace_mark(task, "cancel");
         }
         cancel_pdu.complete.wait(co);
-        // Pass the wake-up on to the next flush of the same tag; the last
-        // one frees the request.
-        if !cancel_pdu.complete.next(&s.exec) {
-            cancel_pdu.cancelled.clear();
-            s.pdu_free(&cancel_pdu);
-        }
+        s.wake_flush_or_free(&cancel_pdu);
     }
     Ok(Rflush {}.into())
 }
