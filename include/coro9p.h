@@ -179,6 +179,20 @@ int coro9p_wait(coro9p_server *s, int timeout_ms);
 /* Fills *out. May be called from inside a callback. */
 int coro9p_get_stats(coro9p_server *s, coro9p_stats *out);
 
+/*
+ * Checks an fsdev string as coro9p_new would parse it, without opening the
+ * export (QEMU validates -fsdev when it parses its command line). 0, or
+ * -EINVAL with the reason in coro9p_last_error().
+ */
+int coro9p_check_fsdev(const char *fsdev);
+
+/*
+ * The sentence of the last failure of a coro9p function on the calling
+ * thread ("" if none), for hosts that report errors themselves (QEMU's
+ * Error **). Valid until the next failing call on this thread.
+ */
+const char *coro9p_last_error(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -309,7 +309,7 @@ fn the_header_declares_what_the_rust_side_exports() {
 
     let c = header_functions(&h);
     let r = rust_functions(&rs);
-    assert_eq!(c.len(), 10, "{c:#?}");
+    assert_eq!(c.len(), 12, "{c:#?}");
     assert_eq!(
         c, r,
         "prototypes: header (left) vs src/transport/ffi.rs (right)"

@@ -27,7 +27,8 @@ mod shim;
 
 pub use abi::*;
 
-use std::ffi::{c_char, c_int, c_void};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
@@ -60,9 +61,18 @@ fn this_thread() -> libc::pthread_t {
     unsafe { libc::pthread_self() }
 }
 
-/// Logs `msg` and returns `-errno`: every failure leaves a log line.
+thread_local! {
+    /// The last failure on this thread, for [`coro9p_last_error`].
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// Logs `msg`, keeps it for [`coro9p_last_error`] and returns `-errno`:
+/// every failure leaves a log line and a sentence the host can show.
 fn fail(errno: c_int, msg: impl std::fmt::Display) -> c_int {
+    let msg = msg.to_string();
     log::error!("coro9p: {msg}");
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
     -errno
 }
 
@@ -198,10 +208,8 @@ pub unsafe extern "C" fn coro9p_new(
                 ))
             }
         };
-        let options = ExportOptions::parse(fsdev)
-            .map_err(|e| fail(libc::EINVAL, format!("coro9p_new: -fsdev {fsdev}: {e}")))?;
-        let export = Export::open(options, compat)
-            .map_err(|e| fail(libc::ENOENT, format!("coro9p_new: -fsdev {fsdev}: {e}")))?;
+        let options = parse_fsdev(fsdev)?;
+        let export = Export::open(options, compat).map_err(|e| fail(libc::ENOENT, e))?;
         let exec = Executor::new(RuntimeConfig::default()).map_err(|e| {
             fail(
                 libc::EMFILE,
@@ -228,6 +236,42 @@ pub unsafe extern "C" fn coro9p_new(
         log::info!("coro9p: serving -fsdev {fsdev}");
         Ok(0)
     })
+}
+
+/// [`ExportOptions::parse`], failing with QEMU's sentence.
+fn parse_fsdev(fsdev: &str) -> Result<ExportOptions, c_int> {
+    ExportOptions::parse(fsdev).map_err(|e| fail(libc::EINVAL, e))
+}
+
+/// Checks an fsdev string as [`coro9p_new`] would parse it, without
+/// opening the export: QEMU validates `-fsdev` options when it parses the
+/// command line, long before the device is realized. Returns 0, or
+/// `-EINVAL` with the reason in [`coro9p_last_error`].
+///
+/// # Safety
+///
+/// `fsdev` is NULL (refused) or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn coro9p_check_fsdev(fsdev: *const c_char) -> c_int {
+    status("coro9p_check_fsdev", || {
+        let _ = env_logger::try_init();
+        // SAFETY: the caller's contract: a NUL-terminated string or NULL.
+        let fsdev = unsafe { ptr::to_str(fsdev, "coro9p_check_fsdev: fsdev") }?;
+        parse_fsdev(fsdev).map(|_| 0)
+    })
+}
+
+/// The sentence of the last failure of a coro9p function on the calling
+/// thread ("" if none), for hosts that report errors themselves (QEMU's
+/// `Error **`). The string stays valid until the next failing call on this
+/// thread.
+///
+/// # Safety
+///
+/// None beyond the lifetime above; the function takes no pointers.
+#[no_mangle]
+pub unsafe extern "C" fn coro9p_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
 /// Ends a server: requests still in flight are cancelled (each gets its

@@ -593,6 +593,14 @@ static void cmd_misuse_probe(struct device *d)
            coro9p_new("local,path=/nonexistent/coro9p,security_model=none", 0, &table_master, d,
                       &s) < 0,
            1);
+    /* The reason is kept for hosts that report errors themselves. */
+    EXPECT(&f, strstr(coro9p_last_error(), "/nonexistent/coro9p") != NULL, 1);
+    /* Options are checked without opening anything. */
+    EXPECT(&f, coro9p_check_fsdev("local,path=/nonexistent/coro9p,security_model=none"), 0);
+    EXPECT(&f, coro9p_check_fsdev("local,path=/srv"), -EINVAL);
+    EXPECT(&f, strcmp(coro9p_last_error(), "security_model property not set"), 0);
+    EXPECT(&f, coro9p_check_fsdev("synth,throttling.bps-total=1"), -EINVAL);
+    EXPECT(&f, coro9p_check_fsdev(NULL), -EINVAL);
     coro9p_transport partial = table_master;
     partial.push_and_notify = NULL;
     EXPECT(&f, coro9p_new("synth", 0, &partial, d, &s), -EINVAL);
