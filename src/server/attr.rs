@@ -74,13 +74,10 @@ pub(crate) fn v9fs_getattr(
     let m: Tgetattr = s.unmarshal(pdu, body)?;
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
         let path = fidp.borrow().path.clone();
-        // Master stats an open file through its handle, so that an unlinked
-        // but open file still answers; 7.2 always went by path.
-        let handle = match s.compat() {
-            Compat::Master => valid_handle(s, fidp),
-            Compat::V7_2 => None,
-        };
-        let st = match handle {
+        // An open file is stat'ed through its handle, so that an unlinked
+        // but open file still answers. 7.2.0 went by path; the 7.2 stable
+        // branch (7.2.16, what Debian ships) has master's fix.
+        let st = match valid_handle(s, fidp) {
             Some(h) => co::co_fstat(co, s, &h)?,
             None => co::co_lstat(co, s, &path)?,
         };
