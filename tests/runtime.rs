@@ -37,6 +37,37 @@ fn code_around_run_in_worker_runs_on_main_and_the_job_on_a_worker() {
     assert!(name.unwrap().starts_with("coro9p-worker-"));
 }
 
+/// The calling thread's blocked-signal mask, from /proc (SigBlk).
+fn blocked_signals() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+    u64::from_str_radix(line["SigBlk:".len()..].trim(), 16).unwrap()
+}
+
+#[test]
+fn workers_block_every_signal_and_main_keeps_its_mask() {
+    let exec = executor();
+    let main_before = blocked_signals();
+    let task = exec.enter(|co| co.run_in_worker(blocked_signals));
+    exec.run_until(|| task.is_finished()).unwrap();
+    let on_worker = task.take_result().unwrap().unwrap();
+    // Every standard signal a thread can block (not SIGKILL, SIGSTOP; glibc
+    // keeps two real-time signals of its own unblockable, so those are not
+    // checked).
+    let standard: u64 = (1 << 31) - 1;
+    let unblockable = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
+    assert_eq!(
+        (on_worker & standard) | unblockable,
+        standard,
+        "worker SigBlk {on_worker:x}"
+    );
+    assert_eq!(
+        blocked_signals(),
+        main_before,
+        "the spawning thread's mask changed"
+    );
+}
+
 #[test]
 fn ten_thousand_tasks_of_ten_hops_with_a_bounded_stack_pool() {
     const TASKS: u64 = 10_000;

@@ -91,9 +91,10 @@ impl WorkerPool {
         let local = Worker::new_fifo();
         write_lock(&self.shared.stealers).push((number, local.stealer()));
         let shared = Arc::clone(&self.shared);
-        let spawned = thread::Builder::new()
-            .name(format!("coro9p-worker-{number}"))
-            .spawn(move || worker_main(shared, local, number));
+        let spawned = spawn_without_signals(
+            thread::Builder::new().name(format!("coro9p-worker-{number}")),
+            move || worker_main(shared, local, number),
+        );
         match spawned {
             Ok(_) => {
                 self.shared.spawned_total.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +129,30 @@ impl Drop for WorkerPool {
         lock(&self.shared.state).shutdown = true;
         self.shared.wake.notify_all();
     }
+}
+
+/// Starts a thread with every signal blocked, as QEMU starts its own
+/// threads (qemu_thread_create): a signal meant for the process (the
+/// server's SIGTERM, a host's handlers, such as QEMU's) then goes to a
+/// thread that expects it, never to a worker inside a filesystem call. The
+/// mask is set around the spawn, so the thread never runs without it.
+fn spawn_without_signals(
+    b: thread::Builder,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    );
+    let spawned = b.spawn(f);
+    if blocked.is_ok() {
+        // Restoring the caller's own mask cannot fail.
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+    spawned
 }
 
 fn worker_main(shared: Arc<Shared>, local: Worker<Job>, number: u32) {
