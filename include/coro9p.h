@@ -8,8 +8,10 @@
  * Rules for every function below:
  *  - It returns 0 (or a descriptor, or a pointer) on success and a negative
  *    errno (or NULL) on failure, after logging why (RUST_LOG=debug for more).
- *  - A server belongs to the thread that made it: call it only from there
- *    (-EPERM otherwise).
+ *  - Calls on one server must not overlap: make them from one thread, or
+ *    from several under one lock, as QEMU does under its BQL (a call while
+ *    another thread is inside the server gets -EBUSY). Callbacks run on
+ *    the thread whose call they come from.
  *  - Do not call coro9p from inside a transport callback, except
  *    coro9p_get_stats (-EBUSY otherwise).
  *

@@ -423,6 +423,8 @@ struct ResetReport {
     active_before: u32,
     pushed_during: u32,
     after: Stats,
+    /// Pushes made on the thread that ran the reset, not the harness loop's.
+    pushed_elsewhere: u32,
 }
 
 /// One harness process, driven as a guest driver.
@@ -554,13 +556,19 @@ impl Harness {
     }
 
     fn reset(&mut self) -> ResetReport {
-        let r = self.control(b'R', &[], b'r');
+        self.reset_on(false)
+    }
+
+    /// A reset run on a second thread of the harness while its loop waits.
+    fn reset_on(&mut self, other_thread: bool) -> ResetReport {
+        let r = self.control(b'R', &[u8::from(other_thread)], b'r');
         let d = |i: usize| u32::from_le_bytes(r[i..i + 4].try_into().unwrap());
         ResetReport {
             rc: d(0) as i32,
             active_before: d(4),
             pushed_during: d(8),
-            after: parse_stats(&r[16..]),
+            after: parse_stats(&r[16..56]),
+            pushed_elsewhere: d(56),
         }
     }
 
@@ -717,7 +725,7 @@ fn local_dir(name: &str) -> PathBuf {
 /// flight, and checks: every one completed with its real reply (a reset
 /// cancels nothing), every fid freed and every file closed, msize and the
 /// dialect kept.
-fn check_reset_in_flight(h: &mut Harness) {
+fn check_reset_in_flight(h: &mut Harness, other_thread: bool) {
     h.rpc(0, &tversion(8192));
     h.rpc(1, &tattach(0, 0));
     for i in 0..8u32 {
@@ -760,11 +768,14 @@ fn check_reset_in_flight(h: &mut Harness) {
         "one suspended coroutine each: {held:?}"
     );
 
-    let r = h.reset();
+    let r = h.reset_on(other_thread);
     h.hold(false);
     assert_eq!(r.rc, 0, "{r:?}");
     assert_eq!(r.active_before as usize, n, "{r:?}");
     assert_eq!(r.pushed_during as usize, n, "{r:?}");
+    // The suspended coroutines resumed on the resetting thread.
+    let elsewhere = if other_thread { n } else { 0 };
+    assert_eq!(r.pushed_elsewhere as usize, elsewhere, "{r:?}");
     assert_eq!(r.after.active, 0, "{r:?}");
     assert_eq!(r.after.tasks, 0, "every coroutine ended: {r:?}");
     assert_eq!(r.after.fids, 0, "every fid freed: {r:?}");
@@ -818,7 +829,21 @@ fn a_reset_with_requests_in_flight_completes_them_and_frees_every_fid() {
     let dir = local_dir("reset");
     let fsdev = format!("local,id=fsdev0,path={},security_model=none", dir.display());
     let mut h = Harness::start(harness_static(), &fsdev, &[], &[]);
-    check_reset_in_flight(&mut h);
+    check_reset_in_flight(&mut h, false);
+    finish(h);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// QEMU resets the device from a vCPU thread, under the BQL, while the
+/// main loop thread waits for the lock.
+#[test]
+fn a_reset_from_another_thread_completes_requests_in_flight_there() {
+    let dir = local_dir("reset-elsewhere");
+    let fsdev = format!("local,id=fsdev0,path={},security_model=none", dir.display());
+    let mut h = Harness::start(harness_static(), &fsdev, &[], &[]);
+    check_reset_in_flight(&mut h, true);
+    // The server goes on serving on the harness loop's thread.
+    h.rpc(2, &tgetattr(2, 0));
     finish(h);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -982,7 +1007,7 @@ fn the_c_harness_runs_clean_under_valgrind_for_every_case() {
     let dir = local_dir("valgrind");
     let fsdev = format!("local,id=fsdev0,path={},security_model=none", dir.display());
     let mut h = Harness::start(harness_static(), &fsdev, &[], &wrapper);
-    check_reset_in_flight(&mut h);
+    check_reset_in_flight(&mut h, true);
     finish(h);
     std::fs::remove_dir_all(dir).unwrap();
 

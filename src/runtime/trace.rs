@@ -73,6 +73,12 @@ impl ThreadRef {
 
     /// The thread this is called on: a worker's number on a pool thread,
     /// [`ThreadRef::MAIN`] anywhere else.
+    ///
+    /// Never inlined: a task may resume on another host thread than the one
+    /// it suspended on (QEMU resets the device from a vCPU thread), and an
+    /// inlined thread-local address could be kept across the suspension.
+    /// QEMU's coroutine-TLS macros exist for the same reason.
+    #[inline(never)]
     pub fn current() -> ThreadRef {
         WORKER_NUMBER.with(|n| ThreadRef(n.get()))
     }

@@ -14,10 +14,11 @@
 //! [`coro9p_reset`] is QEMU's `v9fs_reset`.
 //!
 //! Every function returns 0 (or a count, or a descriptor) on success and a
-//! negative errno on failure, after logging why; none lets a panic out. A
-//! server belongs to the thread that made it, and no function may be called
+//! negative errno on failure, after logging why; none lets a panic out.
+//! Calls on one server must not overlap (any thread may make them, one at a
+//! time, as QEMU does under its big lock), and no function may be called
 //! from inside a callback (except [`coro9p_get_stats`]); both are checked
-//! and refused with `-EPERM` / `-EBUSY`.
+//! and refused with `-EBUSY`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -31,6 +32,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::protocol::{Dialect, HEADER_SIZE};
@@ -46,7 +48,8 @@ const MAGIC: u64 = 0x636f_726f_3970_7376; // "coro9psv"
 /// `coro9p_server`: one 9P device's server state, opaque to C.
 pub struct Coro9pServer {
     magic: u64,
-    thread: libc::pthread_t,
+    /// The thread inside a call now (`pthread_t`), 0 for none.
+    inside: AtomicUsize,
     shim: Rc<Shim>,
     state: Rc<V9fsState>,
     export: Rc<Export>,
@@ -99,8 +102,39 @@ fn status(name: &str, body: impl FnOnce() -> Result<c_int, c_int>) -> c_int {
     boundary(name, -libc::EIO, || body().unwrap_or_else(|e| e))
 }
 
-/// Checks a server pointer: not NULL, live, on its own thread, and (unless
-/// `in_callback_ok`) not called from inside one of its callbacks.
+/// A call inside a server: releases the server's "in use" mark when the
+/// call returns.
+struct Entered<'a> {
+    srv: &'a Coro9pServer,
+    /// False for a nested call (get_stats from inside a callback), which
+    /// leaves the outer call's mark alone.
+    marked: bool,
+}
+
+impl std::ops::Deref for Entered<'_> {
+    type Target = Coro9pServer;
+    fn deref(&self) -> &Coro9pServer {
+        self.srv
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if self.marked {
+            self.srv.inside.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Checks a server pointer (not NULL, live), that no other thread is inside
+/// the server, and (unless `in_callback_ok`) that this is not a call from
+/// inside one of its callbacks; then marks the server in use by this thread
+/// until the returned guard drops.
+///
+/// Any thread may drive a server, as long as calls do not overlap: QEMU
+/// calls its device from the main loop thread and, for a reset, from a
+/// vCPU thread, always under its big lock; a coroutine may then resume on
+/// that other thread, as QEMU's own do.
 ///
 /// # Safety
 ///
@@ -110,25 +144,37 @@ unsafe fn server<'a>(
     s: *mut Coro9pServer,
     name: &str,
     in_callback_ok: bool,
-) -> Result<&'a Coro9pServer, c_int> {
+) -> Result<Entered<'a>, c_int> {
     // SAFETY: the caller's contract: NULL or a live server.
     let srv = unsafe { ptr::to_ref(s.cast_const(), "server") }?;
     if srv.magic != MAGIC {
         return Err(fail(libc::EINVAL, format!("{name}: not a live server")));
     }
-    if srv.thread != this_thread() {
-        return Err(fail(
-            libc::EPERM,
-            format!("{name}: called from a thread other than the one that made the server"),
-        ));
-    }
+    let me = this_thread() as usize;
+    let marked = match srv
+        .inside
+        .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+    {
+        Ok(_) => true,
+        Err(t) if t == me => false,
+        Err(_) => {
+            return Err(fail(
+                libc::EBUSY,
+                format!(
+                    "{name}: another thread is inside this server; calls must not overlap \
+                     (make them under one lock, as QEMU does under its BQL)"
+                ),
+            ))
+        }
+    };
+    let entered = Entered { srv, marked };
     if !in_callback_ok && srv.shim.in_callback() {
         return Err(fail(
             libc::EBUSY,
             format!("{name}: called from inside a transport callback"),
         ));
     }
-    Ok(srv)
+    Ok(entered)
 }
 
 impl Coro9pServer {
@@ -224,7 +270,7 @@ pub unsafe extern "C" fn coro9p_new(
         );
         let srv = Box::into_raw(Box::new(Coro9pServer {
             magic: MAGIC,
-            thread: this_thread(),
+            inside: AtomicUsize::new(0),
             shim,
             state,
             export,
@@ -294,6 +340,8 @@ pub unsafe extern "C" fn coro9p_destroy(s: *mut Coro9pServer) -> c_int {
         srv.release_allocated();
         let task = srv.state.disconnect();
         let drained = srv.run(&task, "coro9p_destroy");
+        drop(task);
+        drop(srv);
         // SAFETY: `s` came from Box::into_raw in coro9p_new, is live (checked
         // above), and the caller gives it up; `srv` is not used after this.
         let mut owned = unsafe { Box::from_raw(s) };

@@ -86,6 +86,10 @@ struct device {
     int broken;
     int hold;
     unsigned long pushes;
+    /* Pushes on a thread other than loop_thread (the harness loop's). */
+    unsigned long pushes_elsewhere;
+    pthread_t loop_thread;
+    int reset_rc;
     char tag[MAX_TAG_LEN + 1];
     /* probe: the next push_and_notify tries to re-enter coro9p */
     int probe_reentry;
@@ -327,6 +331,8 @@ static void cb_push_and_notify(coro9p_pdu *pdu)
     slot_release(sl);
     d->elems[pdu->idx] = -1;
     d->pushes++;
+    if (!pthread_equal(pthread_self(), d->loop_thread))
+        d->pushes_elsewhere++;
     if (d->probe_reentry) {
         d->probe_reentry = 0;
         probe_reentry(d);
@@ -464,27 +470,48 @@ static void cmd_submit(struct device *d, const unsigned char *p, size_t len)
     handle_output(d);
 }
 
-static void cmd_reset(struct device *d)
+static void *reset_thread(void *arg)
+{
+    struct device *d = arg;
+    d->reset_rc = coro9p_reset(d->s);
+    return NULL;
+}
+
+/* Device reset; with elsewhere set, from a second thread while this one
+ * waits, as QEMU resets from a vCPU thread under the BQL. */
+static void cmd_reset(struct device *d, int elsewhere)
 {
     coro9p_stats st;
     memset(&st, 0, sizeof st);
     coro9p_get_stats(d->s, &st);
     unsigned long before = d->pushes;
-    int rc = coro9p_reset(d->s);
+    unsigned long before_elsewhere = d->pushes_elsewhere;
+    d->loop_thread = pthread_self();
+    int rc;
+    pthread_t t;
+    if (!elsewhere)
+        rc = coro9p_reset(d->s);
+    else if (pthread_create(&t, NULL, reset_thread, d) == 0) {
+        pthread_join(t, NULL);
+        rc = d->reset_rc;
+    } else
+        rc = -EAGAIN;
     uint32_t pushed = (uint32_t)(d->pushes - before);
+    uint32_t pushed_elsewhere = (uint32_t)(d->pushes_elsewhere - before_elsewhere);
     /* Requests the device never took are dropped with the ring. */
     uint32_t dropped = d->navail;
     for (unsigned int i = 0; i < d->navail; i++)
         slot_release(&d->ring[d->avail[i]]);
     d->navail = 0;
     d->broken = 0;
-    unsigned char out[16 + 40];
+    unsigned char out[16 + 40 + 4];
     put_u32(out, (uint32_t)rc);
     put_u32(out + 4, st.active_requests);
     put_u32(out + 8, pushed);
     put_u32(out + 12, dropped);
     struct stats_out after = stats_payload(d);
     memcpy(out + 16, after.b, sizeof after.b);
+    put_u32(out + 56, pushed_elsewhere);
     emit('r', out, sizeof out);
 }
 
@@ -548,6 +575,12 @@ static void probe_fail(uint32_t *failures, const char *what, long got)
             probe_fail((failures), #expr, got_);                                            \
     } while (0)
 
+static void *other_thread(void *arg)
+{
+    struct device *d = arg;
+    return (void *)(intptr_t)coro9p_dispatch(d->s);
+}
+
 /* Called from inside push_and_notify: every entry point but get_stats
  * must refuse to run. */
 static void probe_reentry(struct device *d)
@@ -560,14 +593,18 @@ static void probe_reentry(struct device *d)
     EXPECT(&f, coro9p_pdu_alloc(d->s) == NULL, 1);
     EXPECT(&f, coro9p_destroy(d->s), -EBUSY);
     EXPECT(&f, coro9p_get_stats(d->s, &st), 0);
+    /* Another thread, while this one is inside the server: refused. */
+    pthread_t t;
+    void *ret = NULL;
+    if (pthread_create(&t, NULL, other_thread, d) == 0) {
+        pthread_join(t, &ret);
+        EXPECT(&f, (intptr_t)ret, -EBUSY);
+    } else {
+        probe_fail(&f, "pthread_create", 0);
+    }
     d->reentry_failures = (int)f;
 }
 
-static void *other_thread(void *arg)
-{
-    struct device *d = arg;
-    return (void *)(intptr_t)coro9p_dispatch(d->s);
-}
 
 static const unsigned char tversion[] = {19,  0,   0,   0,   100, 0xff, 0xff, 0,   0x20, 0,
                                          0,   8,   0,   '9', 'P', '2',  '0',  '0', '0',
@@ -623,12 +660,12 @@ static void cmd_misuse_probe(struct device *d)
         EXPECT(&f, coro9p_pdu_submit(d->s, p, &hdr), -EINVAL);
     }
 
-    /* A server belongs to its thread. */
+    /* Any thread may call, one at a time (QEMU resets from a vCPU thread). */
     pthread_t t;
     void *ret = NULL;
     if (pthread_create(&t, NULL, other_thread, d) == 0) {
         pthread_join(t, &ret);
-        EXPECT(&f, (intptr_t)ret, -EPERM);
+        EXPECT(&f, (intptr_t)ret, 0);
     } else {
         probe_fail(&f, "pthread_create", 0);
     }
@@ -671,7 +708,7 @@ static int run_command(struct device *d, unsigned char kind, const unsigned char
         cmd_submit(d, p, len);
         return 0;
     case 'R':
-        cmd_reset(d);
+        cmd_reset(d, len > 0 && p[0] != 0);
         return 0;
     case 'C':
         cmd_config(d);
