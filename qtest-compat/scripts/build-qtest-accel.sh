@@ -12,7 +12,6 @@ set -euo pipefail
 
 cache="${CORO9P_CACHE:-$HOME/.cache/coro9p}"
 ver=$(dpkg-query -W -f='${Version}' qemu-system-x86)
-srcver=$(dpkg-query -W -f='${source:Version}' qemu-system-x86)
 # QEMU's configure refuses paths with colons; epochs have one.
 tag=$(echo "$ver" | tr ':' '_')
 moddir="$cache/qemu-qtest-modules/$tag"
@@ -24,7 +23,7 @@ fi
 log() { echo "build-qtest-accel: $*" >&2; }
 
 need=()
-for p in dpkg-dev meson ninja-build pkg-config libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev \
+for p in meson ninja-build pkg-config libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev \
          python3-venv flex bison; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
@@ -34,23 +33,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
 fi
 
-# deb-src for the same archive the binary came from.
-if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
-  log "adding deb-src entries"
-  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
-    > /etc/apt/sources.list.d/coro9p-deb-src.sources
-  apt-get update -qq
-fi
-
+src=$("$(dirname "$0")/qemu-source.sh")
 work="$cache/qemu-src"
-mkdir -p "$work"
-src=$(find "$work" -maxdepth 1 -type d -name 'qemu-7.2*' | head -n 1)
-if [ -z "$src" ]; then
-  log "fetching the source of qemu $srcver"
-  (cd "$work" && apt-get source -qq "qemu=$srcver" >&2)
-  src=$(find "$work" -maxdepth 1 -type d -name 'qemu-7.2*' | head -n 1)
-fi
-
 build="$work/build-$tag"
 if [ ! -f "$build/build.ninja" ]; then
   log "configuring (modules, x86_64-softmmu only)"

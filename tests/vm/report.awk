@@ -6,7 +6,7 @@
 # and "VMTEST ..." markers (with "VMTEST hang RUN" added by the host when the
 # guest hung in RUN); PLAN the runs ("SERVER_CONFIG DIALECT OPTIONS SOURCE").
 # A step without a result is HANG (the step the guest hung in), MOUNTFAIL
-# or NOTRUN. EXPECTED lists what a reference server (qemu, diod) is known to
+# or NOTRUN. EXPECTED lists what a reference server (qemu, diod, dropin) is known to
 # do instead of passing, as "SERVER CONFIG-GLOB STEP-GLOB RESULT reason".
 # Every coro9p step must pass; a reference step must pass unless listed. Prints the tables (Markdown) on
 # stdout and into md, then "vm-test: N passed, N failed"; exits 1 on any
@@ -18,8 +18,9 @@ function out(s) { print s; print s > md }
 
 BEGIN {
     FS = "|"
-    nservers = split("qemu coro9p diod", servers, " ")
+    nservers = split("qemu coro9p diod dropin", servers, " ")
     title["qemu"] = "QEMU"; title["coro9p"] = "coro9p"; title["diod"] = "diod"
+    title["dropin"] = "QEMU+coro9p"
     cname["L"] = "9P2000.L, default cache (none)"
     cname["L_loose"] = "9P2000.L, cache=loose"
     cname["u"] = "9P2000.u, default cache (none)"
@@ -44,6 +45,8 @@ BEGIN {
 }
 
 /^VMTEST steps / {
+    # Every guest lists the same steps.
+    if (nsteps) next
     n = split($0, f, " ")
     for (i = 3; i <= n; i++) { nsteps++; steps[nsteps] = f[i] }
     next

@@ -19,7 +19,10 @@
 #   VM_TIMEOUT=S      seconds for the whole guest run (default 720)
 #   VM_KEEP=1         keep the work folder (exports, logs) after a pass
 #   VM_CONFIGS="..."  only these of: L L_loose u u_loose (for debugging)
-#   VM_SERVERS="..."  only these of: qemu coro9p diod (for debugging)
+#   VM_SERVERS="..."  only these of: qemu coro9p diod dropin (for debugging)
+#   VM_DROPIN=PATH    QEMU with coro9p in place of hw/9pfs (make qemu-dropin):
+#                     adds the server "dropin", run in a second guest that
+#                     this binary boots
 #   VM_LOGLEVEL=N     guest kernel console loglevel (default 4)
 #   VM_QEMU_ARGS=...  more QEMU arguments (e.g. "-trace v9fs_*", for debugging)
 #   VM_DIOD_DEBUG=N   diod's debug mask (1: every message, in diod.log)
@@ -151,7 +154,9 @@ fi
 # Configurations: dialect x cache mode. Servers: QEMU's virtio-9p (the
 # reference), coro9p and diod (9P2000.L only) over TCP at 10.0.2.2.
 configs=${VM_CONFIGS:-L L_loose u u_loose}
-servers=" ${VM_SERVERS:-qemu coro9p diod} "
+servers=" ${VM_SERVERS:-qemu coro9p diod${VM_DROPIN:+ dropin}} "
+[[ $servers != *" dropin "* ]] || [ -x "${VM_DROPIN:-}" ] ||
+  die "the dropin server needs VM_DROPIN=<QEMU-with-coro9p binary> (make qemu-dropin builds it)"
 exports=$work/exports
 mkdir -p "$exports"
 
@@ -173,8 +178,11 @@ wait_port() {
 }
 
 qemu_fsdev=()
+dropin_fsdev=()
 plan=$work/plan
+plan_dropin=$work/plan-dropin
 : > "$plan"
+: > "$plan_dropin"
 diod_args=()
 diod_port=$(free_port)
 want() { [[ $servers == *" $1 "* ]]; }
@@ -212,6 +220,14 @@ for c in $configs; do
       -device "virtio-9p-pci,fsdev=fs_$c,mount_tag=qemu_$c")
     echo "qemu_$c $dialect trans=virtio,version=$dialect,msize=$msize$extra qemu_$c" >> "$plan"
   fi
+  # QEMU with coro9p in place of hw/9pfs (qemu-dropin/): the same devices
+  # and options as QEMU's, in a second guest that binary boots.
+  if want dropin; then
+    mkdir -p "$exports/dropin_$c"
+    dropin_fsdev+=(-fsdev "local,id=fs_$c,path=$exports/dropin_$c,security_model=mapped-xattr"
+      -device "virtio-9p-pci,fsdev=fs_$c,mount_tag=dropin_$c")
+    echo "dropin_$c $dialect trans=virtio,version=$dialect,msize=$msize$extra dropin_$c" >> "$plan_dropin"
+  fi
 done
 if [ ${#diod_args[@]} -gt 0 ]; then
   diod -f -n -c /dev/null -L stderr ${VM_DIOD_DEBUG:+-d "$VM_DIOD_DEBUG"} \
@@ -230,25 +246,29 @@ install -m 755 "$here/guest/init" "$ird/init"
 install -m 644 "$here/guest/workload.sh" "$ird/workload.sh"
 cp -r "$kdir/modules/." "$ird/lib/modules/"
 cp "$kdir/modules.list" "$ird/modules.list"
-cp "$plan" "$ird/plan"
-(cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) > "$work/initramfs.cpio"
+# initramfs PLAN OUT: the guest's initramfs, with PLAN as its /plan.
+initramfs() {
+  cp "$1" "$ird/plan"
+  (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) > "$2"
+}
 
 # ------------------------------------------------------------------ boot
-# boot ACCEL CONSOLE RESULTS TIMEOUT APPEND...: runs QEMU in the background;
-# sets qpid.
+# boot QEMU ACCEL NAME APPEND...: runs QEMU (a binary) in the background on
+# $work/initramfs-NAME.cpio with the devices in boot_devices; console and
+# results go to $work/console-NAME.log and results-NAME.log. Sets qpid.
+boot_devices=()
 boot() {
-  local accel=$1 console=$2 results=$3 cpu=max
+  local bin=$1 accel=$2 name=$3 cpu=max
   shift 3
   [ "$accel" = kvm ] && cpu=host
-  : > "$console"
-  : > "$results"
-  qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -smp 1 -m 1024 -nodefaults -no-reboot \
+  : > "$work/console-$name.log"
+  : > "$work/results-$name.log"
+  "$bin" -accel "$accel" -cpu "$cpu" -smp 1 -m 1024 -nodefaults -no-reboot \
     -display none -vga none -monitor none \
-    -kernel "$kdir/vmlinux" -initrd "$work/initramfs.cpio" \
+    -kernel "$kdir/vmlinux" -initrd "$work/initramfs-$name.cpio" \
     -append "console=ttyS0 loglevel=${VM_LOGLEVEL:-4} panic=-1 $*" \
-    -serial "file:$console" -serial "file:$results" \
-    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
-    "${qemu_fsdev[@]}" ${VM_QEMU_ARGS:-} > "$work/qemu.log" 2>&1 &
+    -serial "file:$work/console-$name.log" -serial "file:$work/results-$name.log" \
+    "${boot_devices[@]}" ${VM_QEMU_ARGS:-} > "$work/qemu-$name.log" 2>&1 &
   qpid=$!
   pids+=("$qpid")
   # No "Aborted" job report from bash when QEMU dies (KVM's probe does).
@@ -273,11 +293,17 @@ wait_for() {
 stop_qemu() { stop_pid "$qpid"; }
 
 show_serial() {
-  echo "------------------------------------------------ serial console ($1)" >&2
-  tr -d '\r' < "$work/console.log" >&2 || true
+  local name=$1
+  echo "------------------------------------------------ serial console ($name: $2)" >&2
+  tr -d '\r' < "$work/console-$name.log" >&2 || true
   echo "------------------------------------------------ qemu's own output" >&2
-  cat "$work/qemu.log" >&2 || true
+  cat "$work/qemu-$name.log" >&2 || true
   echo "------------------------------------------------ end of serial log" >&2
+}
+
+# The guest's network (the TCP servers at 10.0.2.2), for plans that use it.
+net_devices() {
+  grep -q 'trans=tcp' "$1" && echo "-netdev user,id=n0 -device virtio-net-pci,netdev=n0" || true
 }
 
 accel=${VM_ACCEL:-}
@@ -286,8 +312,11 @@ if [ -z "$accel" ]; then
   if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     # /dev/kvm may exist and still not boot a stock kernel (a paravirtual
     # KVM, seen here): a short probe boot decides.
-    boot kvm "$work/probe-console.log" "$work/probe-results.log" vmtest.probe
-    if wait_for "$work/probe-results.log" up 20; then
+    : > "$work/plan-probe"
+    initramfs "$work/plan-probe" "$work/initramfs-probe.cpio"
+    boot_devices=()
+    boot qemu-system-x86_64 kvm probe vmtest.probe
+    if wait_for "$work/results-probe.log" up 20; then
       accel=kvm
       stop_qemu
     else
@@ -296,59 +325,86 @@ if [ -z "$accel" ]; then
     fi
   fi
 fi
-log "booting the guest with -accel $accel ($(wc -l < "$plan") mounts)"
-t_boot=$(date +%s)
-boot "$accel" "$work/console.log" "$work/results.log"
-if ! wait_for "$work/results.log" up "$up_timeout"; then
+
+# run_guest NAME QEMU PLAN DEVICES...: boots one guest with the binary QEMU
+# on PLAN's mounts and adds its result lines to $work/results.txt. Until
+# the guest says it is done, powers off, or hangs: /init has the kernel
+# report a task blocked in a system call for 30 s ("blocked for more
+# than"), and a blocked 9P request never comes back (the guest cannot
+# unmount either), so the guest is stopped there and the run that was
+# going on is marked HANG, the runs after it NOTRUN. Sets guest_status to
+# done, hang or early (stopped before it was done).
+run_guest() {
+  local name=$1 bin=$2 plan_file=$3 t_boot deadline hang="" current
+  shift 3
+  boot_devices=("$@")
+  initramfs "$plan_file" "$work/initramfs-$name.cpio"
+  log "booting the $name guest with -accel $accel ($(wc -l < "$plan_file") mounts)"
+  t_boot=$(date +%s)
+  boot "$bin" "$accel" "$name"
+  if ! wait_for "$work/results-$name.log" up "$up_timeout"; then
+    stop_qemu
+    show_serial "$name" "the guest did not reach /init within ${up_timeout} s"
+    die "the $name guest did not come up within ${up_timeout} s (-accel $accel)"
+  fi
+  log "$name guest up after $(($(date +%s) - t_boot)) s; running the workload"
+  guest_status=early
+  deadline=$(($(date +%s) + vm_timeout))
+  while :; do
+    if grep -q '^VMTEST done' "$work/results-$name.log"; then guest_status=done; break; fi
+    if grep -q 'blocked for more than' "$work/console-$name.log"; then hang=blocked; break; fi
+    kill -0 "$qpid" 2> /dev/null || break
+    if [ "$(date +%s)" -ge "$deadline" ]; then hang=timeout; break; fi
+    sleep 0.5
+  done
   stop_qemu
-  show_serial "the guest did not reach /init within ${up_timeout} s"
-  die "the guest did not come up within ${up_timeout} s (-accel $accel)"
+  log "$name guest ran $(($(date +%s) - t_boot)) s"
+  if [ -n "$hang" ]; then
+    guest_status=hang
+    current=$(tr -d '\r' < "$work/results-$name.log" | awk '$1 == "VMTEST" && $2 == "mount" { r = $3 } $1 == "VMTEST" && $2 == "end" && $3 == r { r = "" } END { print r }')
+    log "the $name guest hung ($hang) in run ${current:-?}; stopped it"
+    echo "VMTEST hang ${current:-none} $hang" >> "$work/results-$name.log"
+  fi
+  tr -d '\r' < "$work/results-$name.log" >> "$work/results.txt"
+  if grep -q '^VMTEST fatal' "$work/results-$name.log"; then
+    show_serial "$name" "the guest's /init failed"
+    die "$(grep '^VMTEST fatal' "$work/results-$name.log")"
+  fi
+}
+
+: > "$work/results.txt"
+guests=()
+t_vm0=$(date +%s)
+if [ -s "$plan" ]; then
+  # shellcheck disable=SC2046 # net_devices prints separate arguments
+  run_guest main qemu-system-x86_64 "$plan" "${qemu_fsdev[@]}" $(net_devices "$plan")
+  guests+=("main:$guest_status")
 fi
-log "guest up after $(($(date +%s) - t_boot)) s; running the workload"
-# Until the guest says it is done, powers off, or hangs: /init has the
-# kernel report a task blocked in a system call for 30 s ("blocked for
-# more than"), and a blocked 9P request never comes back (the guest cannot
-# unmount either), so the guest is stopped there and the run that was going
-# on is marked HANG, the runs after it NOTRUN.
-ok_done=0
-hang=""
-deadline=$(($(date +%s) + vm_timeout))
-while :; do
-  if grep -q '^VMTEST done' "$work/results.log"; then ok_done=1; break; fi
-  if grep -q 'blocked for more than' "$work/console.log"; then hang=blocked; break; fi
-  kill -0 "$qpid" 2> /dev/null || break
-  if [ "$(date +%s)" -ge "$deadline" ]; then hang=timeout; break; fi
-  sleep 0.5
-done
-stop_qemu
-t_vm=$(($(date +%s) - t_boot))
-if [ -n "$hang" ]; then
-  current=$(tr -d '\r' < "$work/results.log" | awk '$1 == "VMTEST" && $2 == "mount" { r = $3 } $1 == "VMTEST" && $2 == "end" && $3 == r { r = "" } END { print r }')
-  log "the guest hung ($hang) in run ${current:-?}; stopped it after ${t_vm} s"
-  echo "VMTEST hang ${current:-none} $hang" >> "$work/results.log"
+if [ -s "$plan_dropin" ]; then
+  run_guest dropin "$VM_DROPIN" "$plan_dropin" "${dropin_fsdev[@]}"
+  guests+=("dropin:$guest_status")
 fi
-tr -d '\r' < "$work/results.log" > "$work/results.txt"
+t_vm=$(($(date +%s) - t_vm0))
+cat "$plan" "$plan_dropin" > "$work/plan-all"
 
 # ---------------------------------------------------------------- report
 status=0
-if grep -q '^VMTEST fatal' "$work/results.txt"; then
-  show_serial "the guest's /init failed"
-  die "$(grep '^VMTEST fatal' "$work/results.txt")"
-fi
 report=$work/report.md
-awk -v plan="$plan" -v expected="$here/expected-differences" -v md="$report" \
+awk -v plan="$work/plan-all" -v expected="$here/expected-differences" -v md="$report" \
   -f "$here/report.awk" "$work/results.txt" || status=1
-if [ "$ok_done" = 0 ] && [ -z "$hang" ]; then
-  log "the guest stopped before it was done (a panic or an early power-off)"
-  status=1
-fi
-if [ "$status" != 0 ]; then
-  show_serial "${hang:+the guest hung ($hang); }a step did not pass"
-elif [ -n "$hang" ]; then
-  log "the guest hung where expected-differences says it does (VM_KEEP=1 keeps its serial log)"
-fi
+for g in "${guests[@]}"; do
+  if [ "${g#*:}" = early ]; then
+    log "the ${g%%:*} guest stopped before it was done (a panic or an early power-off)"
+    status=1
+  fi
+  if [ "$status" != 0 ]; then
+    show_serial "${g%%:*}" "a step did not pass"
+  elif [ "${g#*:}" = hang ]; then
+    log "the ${g%%:*} guest hung where expected-differences says it does (VM_KEEP=1 keeps its serial log)"
+  fi
+done
 if [ -n "${VM_TABLE:-}" ]; then cp "$report" "$VM_TABLE"; fi
-log "accelerator $accel; guest ran ${t_vm} s; whole VM test $(($(date +%s) - t_start)) s"
+log "accelerator $accel; guests ran ${t_vm} s; whole VM test $(($(date +%s) - t_start)) s"
 if [ "$status" != 0 ]; then
   log "work folder kept: $work"
   trap - EXIT
