@@ -824,28 +824,29 @@ fn flush_ignored_pushes_the_rwrite_before_the_rflush() {
     finish(h);
 }
 
-#[test]
-fn a_reset_with_requests_in_flight_completes_them_and_frees_every_fid() {
-    let dir = local_dir("reset");
+/// A reset with requests in flight on a fresh local export, from the
+/// harness loop's thread or from a second one.
+fn reset_in_flight_on_local(name: &str, other_thread: bool) {
+    let dir = local_dir(name);
     let fsdev = format!("local,id=fsdev0,path={},security_model=none", dir.display());
     let mut h = Harness::start(harness_static(), &fsdev, &[], &[]);
-    check_reset_in_flight(&mut h, false);
+    check_reset_in_flight(&mut h, other_thread);
+    // The server goes on serving on the harness loop's thread.
+    h.rpc(2, &tgetattr(2, 0));
     finish(h);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_reset_with_requests_in_flight_completes_them_and_frees_every_fid() {
+    reset_in_flight_on_local("reset", false);
 }
 
 /// QEMU resets the device from a vCPU thread, under the BQL, while the
 /// main loop thread waits for the lock.
 #[test]
 fn a_reset_from_another_thread_completes_requests_in_flight_there() {
-    let dir = local_dir("reset-elsewhere");
-    let fsdev = format!("local,id=fsdev0,path={},security_model=none", dir.display());
-    let mut h = Harness::start(harness_static(), &fsdev, &[], &[]);
-    check_reset_in_flight(&mut h, true);
-    // The server goes on serving on the harness loop's thread.
-    h.rpc(2, &tgetattr(2, 0));
-    finish(h);
-    std::fs::remove_dir_all(dir).unwrap();
+    reset_in_flight_on_local("reset-elsewhere", true);
 }
 
 #[test]
