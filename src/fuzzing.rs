@@ -6,6 +6,8 @@
 //! panic hook that aborts, because the runtime would otherwise contain a
 //! handler's panic and answer EIO.
 
+pub mod host;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
