@@ -2,12 +2,12 @@
 //! lifecycle, and one handler per T-message.
 //!
 //! A session ([`V9fsState`]) lives on the main thread. Each request gets a
-//! PDU from a pool of 128 and a coroutine that [`V9fsState::pdu_submit`]
-//! enters at once; the handler runs straight-line code, hopping to workers
-//! through the `co_*` functions of `crate::co`, and ends in exactly one
-//! [`V9fsState::pdu_complete`], which pushes the reply (or, for a cancelled
-//! request whose result is EINTR, an empty completion) and wakes a waiting
-//! Tflush.
+//! PDU from a pool of 128 (or `max_pdus=`) and a coroutine that
+//! [`V9fsState::pdu_submit`] enters at once; the handler runs straight-line
+//! code, hopping to workers through the `co_*` functions of `crate::co`,
+//! and ends in exactly one [`V9fsState::pdu_complete`], which pushes the
+//! reply (or, for a cancelled request whose result is EINTR, an empty
+//! completion) and wakes a waiting Tflush.
 
 mod attr;
 mod dir;
@@ -19,7 +19,9 @@ mod qid;
 mod session;
 mod xattr;
 
-pub use export::{Export, ExportOptions, FsDriver, Locks, SecurityModel};
+pub use export::{
+    Export, ExportOptions, FsDriver, Locks, SecurityModel, SOCKET_MAX_MSIZE_DEFAULT, XATTR_SIZE_MAX,
+};
 pub use fid::{FidState, FidType};
 
 use std::cell::{Cell, RefCell};
@@ -44,7 +46,8 @@ use crate::Compat;
 use fid::FidRef;
 use qid::QidMaps;
 
-/// QEMU's MAX_REQ: PDUs per session.
+/// QEMU's MAX_REQ: PDUs per session, the default and the ceiling of
+/// `max_pdus=`.
 pub const MAX_REQ: usize = 128;
 
 /// One request slot (QEMU's `V9fsPDU`).
@@ -88,8 +91,11 @@ struct PduPool {
 }
 
 impl PduPool {
-    fn new() -> PduPool {
-        let slots = (0..MAX_REQ)
+    /// A pool of `n` PDUs (at most [`MAX_REQ`], which the C ABI's PDU
+    /// array is sized for).
+    fn new(n: usize) -> PduPool {
+        let n = n.clamp(1, MAX_REQ);
+        let slots = (0..n)
             .map(|idx| {
                 Rc::new(Pdu {
                     idx,
@@ -105,7 +111,7 @@ impl PduPool {
         // QEMU pushes all 128 at the head in index order, so the head is 127.
         PduPool {
             slots,
-            free: RefCell::new((0..MAX_REQ).collect()),
+            free: RefCell::new((0..n).collect()),
             active: RefCell::new(VecDeque::new()),
         }
     }
@@ -217,6 +223,7 @@ impl V9fsState {
     /// A new session on `export`, replying through `transport`.
     pub fn new(exec: Handle, export: Rc<Export>, transport: Rc<dyn Transport>) -> Rc<V9fsState> {
         let ctx = SessionCtx::default();
+        let pdus = PduPool::new(export.options.max_pdus);
         Rc::new(V9fsState {
             exec,
             qids: RefCell::new(QidMaps::new(export.root_dev)),
@@ -225,7 +232,7 @@ impl V9fsState {
             msize: Cell::new(0),
             proto: Cell::new(Dialect::Unset),
             fids: RefCell::new(BTreeMap::new()),
-            pdus: PduPool::new(),
+            pdus,
             root_st: Cell::new(None),
             ctx,
             rename_lock: CoRwLock::new(),
@@ -274,8 +281,9 @@ impl V9fsState {
         self.is_path_based().then(|| self.rename_lock.read(co))
     }
 
-    /// Takes a free PDU, or `None` when all 128 are in use (the transport
-    /// then holds the request back until [`Transport::pdu_freed`]).
+    /// Takes a free PDU, or `None` when all of them (128, or `max_pdus=`)
+    /// are in use: the transport then holds the request back until
+    /// [`Transport::pdu_freed`], as QEMU leaves it in the virtqueue.
     pub fn pdu_alloc(&self) -> Option<usize> {
         let idx = self.pdus.free.borrow_mut().pop()?;
         self.pdus.active.borrow_mut().push_front(idx);

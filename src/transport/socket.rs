@@ -5,9 +5,12 @@
 //! and submitted as PDUs free up; replies are written in completion order.
 //! A frame whose size is below 7 or above the negotiated msize (8 KiB
 //! before Tversion) closes the connection, the socket form of QEMU's
-//! `virtio_error`. A client that does not read its replies stops being read
-//! from once a few replies are queued, instead of being buffered without
-//! bound.
+//! `virtio_error`. The msize is capped as QEMU master caps it to virtio's
+//! `msize_limit`: at `max_msize=` ([`SOCKET_MAX_MSIZE_DEFAULT`] unless
+//! given); no larger frame is taken in even where Tversion does not cap
+//! (`--compat 7.2`, an unknown version string). A client that does not
+//! read its replies stops being read from once a few replies are queued,
+//! instead of being buffered without bound.
 
 use std::cell::RefCell;
 use std::io;
@@ -24,7 +27,7 @@ use nix::errno::Errno;
 use super::Transport;
 use crate::protocol::{Header, Tag, HEADER_SIZE, MIN_MSIZE};
 use crate::runtime::Handle;
-use crate::server::{Export, V9fsState};
+use crate::server::{Export, V9fsState, SOCKET_MAX_MSIZE_DEFAULT};
 
 /// The frame limit before Tversion has negotiated an msize.
 pub const PRE_VERSION_MSIZE: u32 = 8192;
@@ -300,12 +303,15 @@ pub struct Connection {
     owner: Weak<ListenerShared>,
     /// Stopping: no new requests are taken.
     draining: bool,
+    /// The largest frame ever taken in or sent (`max_msize=`).
+    max_msize: u32,
 }
 
 /// The transport side the session sees.
 struct ConnTransport {
     conn: Weak<RefCell<Connection>>,
     exec: Handle,
+    max_msize: u32,
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -328,6 +334,7 @@ fn start(
     if let Some(w) = &write_fd {
         set_nonblocking(w)?;
     }
+    let max_msize = export.options.max_msize.unwrap_or(SOCKET_MAX_MSIZE_DEFAULT);
     let conn = Rc::new(RefCell::new(Connection {
         read_fd,
         write_fd,
@@ -344,10 +351,12 @@ fn start(
         pump_pending: false,
         owner: Rc::downgrade(shared),
         draining: false,
+        max_msize,
     }));
     let transport = Rc::new(ConnTransport {
         conn: Rc::downgrade(&conn),
         exec: exec.clone(),
+        max_msize,
     });
     let session = V9fsState::new(exec.clone(), Rc::clone(export), transport);
     conn.borrow_mut().session = Some(session);
@@ -414,11 +423,13 @@ impl Connection {
     /// The largest frame the client may send or receive now.
     fn frame_limit(&self) -> u32 {
         let s = self.session.as_ref().expect("session set at start");
-        if s.dialect() != crate::protocol::Dialect::Unset && s.msize() >= MIN_MSIZE {
+        let versioned = s.dialect() != crate::protocol::Dialect::Unset && s.msize() >= MIN_MSIZE;
+        let negotiated = if versioned {
             s.msize()
         } else {
             PRE_VERSION_MSIZE
-        }
+        };
+        negotiated.min(self.max_msize)
     }
 
     fn backlog_limit(&self) -> usize {
@@ -479,7 +490,7 @@ fn pump(conn: &Rc<RefCell<Connection>>) {
         match session.pdu_alloc() {
             Some(idx) => session.pdu_submit(idx, frame),
             None => {
-                // All 128 PDUs are busy: put the frame back (its bytes are
+                // All PDUs are busy: put the frame back (its bytes are
                 // still in rbuf, just before rpos) for when one frees.
                 conn.borrow_mut().rpos -= frame.len();
                 return;
@@ -647,7 +658,7 @@ impl Transport for ConnTransport {
     }
 
     fn msize_limit(&self) -> Option<u32> {
-        None
+        Some(self.max_msize)
     }
 
     fn response_buffer_size(&self, _pdu_idx: usize) -> Option<u32> {
