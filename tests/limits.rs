@@ -298,6 +298,32 @@ fn txattrwalk_of_a_value_above_max_xattr_size_is_e2big() {
 // ---- max_pdus ----------------------------------------------------------------
 
 #[test]
+fn max_pdus_runs_n_requests_and_holds_the_next_back() {
+    let srv = TestServer::start("synth,max_pdus=3", Compat::Master);
+    {
+        let mut c = srv.connect();
+        c.attach();
+        c.walk(0, 1, &["FLUSH"]);
+        c.ok(TLOPEN, &le![d 1, d 1]);
+        // Writes to /FLUSH run until flushed: two of them hold two PDUs.
+        let blocking = |tag| frame(TWRITE, tag, &le![d 1, q 0, d 1, x &[1]]);
+        c.s.write_all(&[blocking(10), blocking(11)].concat())
+            .unwrap();
+        c.send(TGETATTR, 20, &le![d 0, q 0x7ff]);
+        let (id, tag, _) = c.recv();
+        assert_eq!((id, tag), (TGETATTR + 1, 20), "the third PDU serves");
+        // A third write holds the last PDU: the next request waits.
+        c.s.write_all(&blocking(12)).unwrap();
+        c.send(TGETATTR, 21, &le![d 0, q 0x7ff]);
+        assert!(!c.reply_within(300), "a fourth request ran");
+    }
+    // Hanging up cancels all of it.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = srv.stop();
+    assert_eq!((report.tasks_left, report.active_requests), (0, 0));
+}
+
+#[test]
 fn the_c_abi_hands_out_max_pdus_pdus_then_null() {
     for (fsdev, n) in [
         ("synth", 128usize),

@@ -10,7 +10,8 @@
 //! given); no larger frame is taken in even where Tversion does not cap
 //! (`--compat 7.2`, an unknown version string). A client that does not
 //! read its replies stops being read from once a few replies are queued,
-//! instead of being buffered without bound.
+//! instead of being buffered without bound. A hang-up seen while requests
+//! wait for a PDU closes at once, cancelling those in flight.
 
 use std::cell::RefCell;
 use std::io;
@@ -294,6 +295,9 @@ pub struct Connection {
     wbuf: Vec<u8>,
     wpos: usize,
     eof: bool,
+    /// The peer hung up (read-closed or error event); unread bytes may
+    /// still be in the kernel, so this is not `eof`.
+    hung_up: bool,
     closed: bool,
     peer: String,
     session: Option<Rc<V9fsState>>,
@@ -344,6 +348,7 @@ fn start(
         wbuf: Vec::new(),
         wpos: 0,
         eof: false,
+        hung_up: false,
         closed: false,
         peer,
         session: None,
@@ -407,6 +412,9 @@ fn on_event(weak: &Weak<RefCell<Connection>>, ev: &Event) {
     let Some(conn) = weak.upgrade() else {
         return;
     };
+    if ev.is_read_closed() || ev.is_error() {
+        conn.borrow_mut().hung_up = true;
+    }
     if ev.is_writable() {
         flush(&conn);
     }
@@ -492,7 +500,17 @@ fn pump(conn: &Rc<RefCell<Connection>>) {
             None => {
                 // All PDUs are busy: put the frame back (its bytes are
                 // still in rbuf, just before rpos) for when one frees.
-                conn.borrow_mut().rpos -= frame.len();
+                let hung_up = {
+                    let mut c = conn.borrow_mut();
+                    c.rpos -= frame.len();
+                    c.hung_up
+                };
+                // Reading stops here, so the end of the stream would never
+                // be seen, and requests that run until cancelled would hold
+                // their PDUs for ever: a hang-up closes now, which cancels.
+                if hung_up {
+                    close(conn, "client closed the connection with requests waiting");
+                }
                 return;
             }
         }
