@@ -65,3 +65,13 @@ fn session_inputs_on_a_local_directory() {
         coro9p::fuzzing::session(&fsdev, data);
     }
 }
+
+#[test]
+fn ffi_inputs() {
+    abort_on_panic();
+    let all = inputs("ffi");
+    assert!(!all.is_empty(), "the ffi corpus is missing");
+    for (_, data) in &all {
+        coro9p::fuzzing::ffi(data);
+    }
+}
