@@ -63,6 +63,10 @@ pub struct Pdu {
     complete: CoQueue,
     /// The task running the request (for hop-trace marks).
     task: Cell<Option<TaskId>>,
+    /// Between pdu_submit and pdu_free. A PDU the C ABI's host has
+    /// allocated but not submitted is active with its last request's tag
+    /// and id; no Tflush or disconnect may take it for a request.
+    submitted: Cell<bool>,
 }
 
 impl Pdu {
@@ -105,6 +109,7 @@ impl PduPool {
                     cancelled: CancelFlag::new(),
                     complete: CoQueue::new(),
                     task: Cell::new(None),
+                    submitted: Cell::new(false),
                 })
             })
             .collect();
@@ -292,6 +297,7 @@ impl V9fsState {
 
     fn pdu_free(&self, pdu: &Pdu) {
         debug_assert!(!pdu.cancelled.is_cancelled());
+        pdu.submitted.set(false);
         let empty = {
             let mut active = self.pdus.active.borrow_mut();
             active.retain(|&i| i != pdu.idx);
@@ -321,6 +327,7 @@ impl V9fsState {
         pdu.size.set(header.size);
         pdu.id.set(header.id);
         pdu.tag.set(header.tag);
+        pdu.submitted.set(true);
         let handler = match handler_for(header.id) {
             None => v9fs_op_not_supp as Handler,
             Some(_) if self.export.readonly && !is_read_only_op(header.id) => v9fs_fs_ro,
@@ -427,14 +434,14 @@ impl V9fsState {
         Errno::ENOBUFS
     }
 
-    /// The PDU of the most recent active request with `tag`, if any.
+    /// The PDU of the most recent request in flight with `tag`, if any.
     fn find_active(&self, tag: Tag) -> Option<Rc<Pdu>> {
         self.pdus
             .active
             .borrow()
             .iter()
             .map(|&i| &self.pdus.slots[i])
-            .find(|p| p.tag() == tag)
+            .find(|p| p.submitted.get() && p.tag() == tag)
             .cloned()
     }
 
@@ -444,7 +451,10 @@ impl V9fsState {
     /// task ends when all of that is done.
     pub fn disconnect(self: &Rc<Self>) -> Task<()> {
         for &i in self.pdus.active.borrow().iter() {
-            self.pdus.slots[i].cancelled.cancel();
+            let pdu = &self.pdus.slots[i];
+            if pdu.submitted.get() {
+                pdu.cancelled.cancel();
+            }
         }
         self.reset()
     }
