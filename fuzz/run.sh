@@ -12,7 +12,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 cd "$root/fuzz"
 status=0
-for t in decode session_synth session_local; do
+for t in decode session_synth session_local ffi; do
   corpus="$root/tests/fuzz/corpus/$t"
   artifacts="$root/tests/fuzz/artifacts/$t"
   mkdir -p "$corpus" "$artifacts"

@@ -32,7 +32,8 @@
 extern "C" {
 #endif
 
-/* PDUs per server (QEMU's MAX_REQ). */
+/* PDUs per server (QEMU's MAX_REQ); the fsdev option max_pdus=N uses only
+ * the first N of them. */
 #define CORO9P_MAX_REQ 128
 
 /* The QEMU version whose client-visible behaviour to match. */
@@ -131,9 +132,11 @@ typedef struct coro9p_stats {
 /*
  * Makes a server for the export fsdev, a QEMU -fsdev string as the coro9p
  * command takes it ("local,id=fsdev0,path=/srv,security_model=mapped-xattr",
- * "synth"), with compat CORO9P_COMPAT_*. The table is copied; opaque goes to
- * the callbacks and into every pdu->opaque. On success *out is the server;
- * on failure *out is NULL and a negative errno is returned.
+ * "synth"), with compat CORO9P_COMPAT_*. The per-session limits are fsdev
+ * options too (max_fids, max_xattr_size, max_pdus, max_msize: README.md);
+ * max_msize lowers the transport's msize_limit. The table is copied; opaque
+ * goes to the callbacks and into every pdu->opaque. On success *out is the
+ * server; on failure *out is NULL and a negative errno is returned.
  */
 int coro9p_new(const char *fsdev, int compat, const coro9p_transport *transport, void *opaque,
                coro9p_server **out);
@@ -145,7 +148,8 @@ int coro9p_new(const char *fsdev, int compat, const coro9p_transport *transport,
  */
 int coro9p_destroy(coro9p_server *s);
 
-/* Takes a free PDU (QEMU's pdu_alloc); NULL when all 128 are in use. */
+/* Takes a free PDU (QEMU's pdu_alloc); NULL when all are in use: 128, or
+ * the fsdev string's max_pdus=N (1..128). */
 coro9p_pdu *coro9p_pdu_alloc(coro9p_server *s);
 
 /* Gives back a PDU that was allocated but will not be submitted. */

@@ -20,6 +20,11 @@ usage: coro9p --fsdev OPTIONS --listen ADDR [--listen ADDR ...] [options]
                         local,path=DIR,security_model=passthrough|mapped-xattr|mapped-file|none
                         synth   (QEMU's test file system)
                       plus readonly=on, max_xattr=N, multidevs=remap|forbid|warn, ...
+                      and per-session limits (default: QEMU's):
+                        max_fids=N        fids held; one more is ENFILE (0: no limit)
+                        max_xattr_size=N  largest xattr value, 1..65536; larger is E2BIG (65536)
+                        max_pdus=N        requests run at once, 1..128; the rest wait (128)
+                        max_msize=N       msize and frame cap, at least 4096 (4186112)
   --listen ADDR       tcp:HOST:PORT, unix:PATH, fd:R,W or stdio (repeatable)
   --compat VERSION    behave like QEMU master (default) or 7.2
   --workers N         most worker threads (default 64)

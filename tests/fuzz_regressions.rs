@@ -65,3 +65,42 @@ fn session_inputs_on_a_local_directory() {
         coro9p::fuzzing::session(&fsdev, data);
     }
 }
+
+#[test]
+fn ffi_inputs() {
+    abort_on_panic();
+    let all = inputs("ffi");
+    assert!(!all.is_empty(), "the ffi corpus is missing");
+    for (_, data) in &all {
+        coro9p::fuzzing::ffi(data);
+    }
+}
+
+/// Found by the ffi target: a PDU the C host has allocated but not yet
+/// submitted still carries the tag of its last request. A Tflush of that
+/// tag took it for a request in flight and waited on it for ever; freeing
+/// it then tripped the cancelled-PDU assertion (in release: the Tflush
+/// never ended, and coro9p_destroy waited for it without end).
+#[test]
+fn a_tflush_ignores_a_pdu_allocated_but_not_submitted() {
+    use coro9p::fuzzing::host::{Host, HostOptions};
+    let frame = |id: u8, tag: u16, body: &[u8]| {
+        let mut v = ((7 + body.len()) as u32).to_le_bytes().to_vec();
+        v.push(id);
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    };
+    let mut h = Host::new("synth", &HostOptions::default()).unwrap();
+    let mut tversion = 8192u32.to_le_bytes().to_vec();
+    tversion.extend_from_slice(b"\x08\x009P2000.L");
+    assert_eq!(h.rpc(&frame(100, 0xffff, &tversion), 4096)[4], 101);
+    // The PDU just freed comes back first, with the Tversion's tag.
+    let held = h.alloc().unwrap();
+    // Nothing with tag 0xffff is in flight: Rflush at once.
+    let rflush = h.rpc(&frame(108, 5, &0xffffu16.to_le_bytes()), 4096);
+    assert_eq!(rflush, frame(109, 5, &[]));
+    assert_eq!(h.free(held), 0);
+    assert_eq!(h.destroy(), 0);
+    h.check();
+}

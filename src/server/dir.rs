@@ -167,7 +167,7 @@ fn walk(
         let _lock = s.is_path_based().then(|| s.rename_lock.write(co));
         fidp.borrow_mut().path = path;
     } else {
-        let newfidp = s.alloc_fid(newfid).ok_or(Errno::EINVAL)?;
+        let newfidp = s.alloc_fid(newfid)?;
         {
             let mut n = newfidp.borrow_mut();
             n.uid = fidp.borrow().uid;

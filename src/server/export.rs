@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::fsdev::local::{LocalFs, LocalModel, DEFAULT_DMODE, DEFAULT_FMODE};
 use crate::fsdev::synth::SynthFs;
 use crate::fsdev::{Errno, ExportFlags, FileOperations};
+use crate::protocol::MIN_MSIZE;
 use crate::Compat;
 
 /// `security_model=`.
@@ -92,6 +93,21 @@ pub struct ExportOptions {
     /// Tgetattr and Tsetattr do in 9P2000.L, so that fstat and ftruncate on
     /// an open, unlinked file work. QEMU goes by path: ENOENT.
     pub dotu_handles: bool,
+    /// `max_fids=` (beyond QEMU): fids one session may hold; one more is
+    /// ENFILE. Default 0, no limit, as in QEMU.
+    pub max_fids: u32,
+    /// `max_xattr_size=`: the largest xattr value Txattrcreate takes and
+    /// Txattrwalk hands out, in bytes; a larger one is E2BIG. Default and
+    /// ceiling 65536, QEMU's P9_XATTR_SIZE_MAX (Linux's XATTR_SIZE_MAX).
+    pub max_xattr_size: u32,
+    /// `max_pdus=`: requests one session runs at once (1 to 128); the rest
+    /// wait in the transport. Default 128, QEMU's MAX_REQ.
+    pub max_pdus: usize,
+    /// `max_msize=`: the largest msize a session negotiates and the largest
+    /// frame the socket transports carry. `None`: the socket transports use
+    /// [`SOCKET_MAX_MSIZE_DEFAULT`], the C ABI its transport's own
+    /// `msize_limit`.
+    pub max_msize: Option<u32>,
 }
 
 const FSDEV_KEYS: &[&str] = &[
@@ -109,6 +125,10 @@ const FSDEV_KEYS: &[&str] = &[
     "sock_fd",
     "locks",
     "dotu_handles",
+    "max_fids",
+    "max_xattr_size",
+    "max_pdus",
+    "max_msize",
 ];
 const LOCAL_KEYS: &[&str] = &[
     "path",
@@ -119,10 +139,28 @@ const LOCAL_KEYS: &[&str] = &[
     "dmode",
     "locks",
 ];
-const COMMON_KEYS: &[&str] = &["id", "fsdriver", "readonly", "max_xattr", "dotu_handles"];
+const COMMON_KEYS: &[&str] = &[
+    "id",
+    "fsdriver",
+    "readonly",
+    "max_xattr",
+    "dotu_handles",
+    "max_fids",
+    "max_xattr_size",
+    "max_pdus",
+    "max_msize",
+];
 
 /// V9FS_MAX_XATTR_DEFAULT.
 pub const MAX_XATTR_DEFAULT: u64 = 1024;
+
+/// P9_XATTR_SIZE_MAX (Linux's XATTR_SIZE_MAX): `max_xattr_size`'s default
+/// and ceiling; the host takes no larger value anyway.
+pub const XATTR_SIZE_MAX: u32 = 65536;
+
+/// The msize cap of the socket transports unless `max_msize=` says
+/// otherwise: QEMU virtio's `msize_limit`, (VIRTQUEUE_MAX_SIZE − 2) × 4096.
+pub const SOCKET_MAX_MSIZE_DEFAULT: u32 = 1022 * 4096;
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
     match v {
@@ -130,6 +168,18 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
         "off" | "no" | "false" | "n" => Ok(false),
         _ => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
     }
+}
+
+/// A number from `min` to `max`, or the one sentence that says what `key`
+/// takes.
+fn parse_number<T>(key: &str, v: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    v.parse()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("Parameter '{key}' expects a number from {min} to {max}"))
 }
 
 fn parse_mode(key: &str, v: &str) -> Result<u32, String> {
@@ -173,6 +223,10 @@ impl ExportOptions {
             readonly: false,
             max_xattr: MAX_XATTR_DEFAULT,
             dotu_handles: false,
+            max_fids: 0,
+            max_xattr_size: XATTR_SIZE_MAX,
+            max_pdus: crate::server::MAX_REQ,
+            max_msize: None,
         };
         let mut path = None;
         let mut model = None;
@@ -206,6 +260,12 @@ impl ExportOptions {
                         ));
                     }
                     opts.max_xattr = n;
+                }
+                "max_fids" => opts.max_fids = parse_number(k, v, 0, u32::MAX)?,
+                "max_xattr_size" => opts.max_xattr_size = parse_number(k, v, 1, XATTR_SIZE_MAX)?,
+                "max_pdus" => opts.max_pdus = parse_number(k, v, 1, crate::server::MAX_REQ)?,
+                "max_msize" => {
+                    opts.max_msize = Some(parse_number(k, v, MIN_MSIZE, u32::MAX)?);
                 }
                 "path" => path = Some(PathBuf::from(v)),
                 "security_model" => {

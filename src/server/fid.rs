@@ -104,12 +104,19 @@ impl FidState {
 pub(crate) type FidRef = Rc<RefCell<FidState>>;
 
 impl V9fsState {
-    /// `alloc_fid`: a new fid with one reference, or `None` if the number is
-    /// taken.
-    pub(crate) fn alloc_fid(&self, fid: Fid) -> Option<FidRef> {
+    /// `alloc_fid`: a new fid with one reference; EINVAL if the number is
+    /// taken (QEMU's answer), ENFILE if the table holds `max_fids` already.
+    /// QEMU has no such limit; ENFILE is what it answers when another table
+    /// of the session, the qid path map, is full.
+    pub(crate) fn alloc_fid(&self, fid: Fid) -> Result<FidRef, Errno> {
         let mut fids = self.fids.borrow_mut();
         if fids.contains_key(&fid) {
-            return None;
+            return Err(Errno::EINVAL);
+        }
+        let limit = self.export.options.max_fids as usize;
+        if limit > 0 && fids.len() >= limit {
+            log::warn!("9p: fid table full (configurable by option 'max_fids')");
+            return Err(Errno::ENFILE);
         }
         let f = Rc::new(RefCell::new(FidState {
             fid,
@@ -123,7 +130,7 @@ impl V9fsState {
             readdir_lock: Rc::new(CoMutex::new()),
         }));
         fids.insert(fid, Rc::clone(&f));
-        Some(f)
+        Ok(f)
     }
 
     /// `get_fid`: takes a reference; reopens a reclaimed handle (a hop). A

@@ -2,12 +2,12 @@
 //! lifecycle, and one handler per T-message.
 //!
 //! A session ([`V9fsState`]) lives on the main thread. Each request gets a
-//! PDU from a pool of 128 and a coroutine that [`V9fsState::pdu_submit`]
-//! enters at once; the handler runs straight-line code, hopping to workers
-//! through the `co_*` functions of `crate::co`, and ends in exactly one
-//! [`V9fsState::pdu_complete`], which pushes the reply (or, for a cancelled
-//! request whose result is EINTR, an empty completion) and wakes a waiting
-//! Tflush.
+//! PDU from a pool of 128 (or `max_pdus=`) and a coroutine that
+//! [`V9fsState::pdu_submit`] enters at once; the handler runs straight-line
+//! code, hopping to workers through the `co_*` functions of `crate::co`,
+//! and ends in exactly one [`V9fsState::pdu_complete`], which pushes the
+//! reply (or, for a cancelled request whose result is EINTR, an empty
+//! completion) and wakes a waiting Tflush.
 
 mod attr;
 mod dir;
@@ -19,7 +19,9 @@ mod qid;
 mod session;
 mod xattr;
 
-pub use export::{Export, ExportOptions, FsDriver, Locks, SecurityModel};
+pub use export::{
+    Export, ExportOptions, FsDriver, Locks, SecurityModel, SOCKET_MAX_MSIZE_DEFAULT, XATTR_SIZE_MAX,
+};
 pub use fid::{FidState, FidType};
 
 use std::cell::{Cell, RefCell};
@@ -44,7 +46,8 @@ use crate::Compat;
 use fid::FidRef;
 use qid::QidMaps;
 
-/// QEMU's MAX_REQ: PDUs per session.
+/// QEMU's MAX_REQ: PDUs per session, the default and the ceiling of
+/// `max_pdus=`.
 pub const MAX_REQ: usize = 128;
 
 /// One request slot (QEMU's `V9fsPDU`).
@@ -60,6 +63,10 @@ pub struct Pdu {
     complete: CoQueue,
     /// The task running the request (for hop-trace marks).
     task: Cell<Option<TaskId>>,
+    /// Between pdu_submit and pdu_free. A PDU the C ABI's host has
+    /// allocated but not submitted is active with its last request's tag
+    /// and id; no Tflush or disconnect may take it for a request.
+    submitted: Cell<bool>,
 }
 
 impl Pdu {
@@ -88,8 +95,11 @@ struct PduPool {
 }
 
 impl PduPool {
-    fn new() -> PduPool {
-        let slots = (0..MAX_REQ)
+    /// A pool of `n` PDUs (at most [`MAX_REQ`], which the C ABI's PDU
+    /// array is sized for).
+    fn new(n: usize) -> PduPool {
+        let n = n.clamp(1, MAX_REQ);
+        let slots = (0..n)
             .map(|idx| {
                 Rc::new(Pdu {
                     idx,
@@ -99,13 +109,14 @@ impl PduPool {
                     cancelled: CancelFlag::new(),
                     complete: CoQueue::new(),
                     task: Cell::new(None),
+                    submitted: Cell::new(false),
                 })
             })
             .collect();
         // QEMU pushes all 128 at the head in index order, so the head is 127.
         PduPool {
             slots,
-            free: RefCell::new((0..MAX_REQ).collect()),
+            free: RefCell::new((0..n).collect()),
             active: RefCell::new(VecDeque::new()),
         }
     }
@@ -217,6 +228,7 @@ impl V9fsState {
     /// A new session on `export`, replying through `transport`.
     pub fn new(exec: Handle, export: Rc<Export>, transport: Rc<dyn Transport>) -> Rc<V9fsState> {
         let ctx = SessionCtx::default();
+        let pdus = PduPool::new(export.options.max_pdus);
         Rc::new(V9fsState {
             exec,
             qids: RefCell::new(QidMaps::new(export.root_dev)),
@@ -225,7 +237,7 @@ impl V9fsState {
             msize: Cell::new(0),
             proto: Cell::new(Dialect::Unset),
             fids: RefCell::new(BTreeMap::new()),
-            pdus: PduPool::new(),
+            pdus,
             root_st: Cell::new(None),
             ctx,
             rename_lock: CoRwLock::new(),
@@ -274,8 +286,9 @@ impl V9fsState {
         self.is_path_based().then(|| self.rename_lock.read(co))
     }
 
-    /// Takes a free PDU, or `None` when all 128 are in use (the transport
-    /// then holds the request back until [`Transport::pdu_freed`]).
+    /// Takes a free PDU, or `None` when all of them (128, or `max_pdus=`)
+    /// are in use: the transport then holds the request back until
+    /// [`Transport::pdu_freed`], as QEMU leaves it in the virtqueue.
     pub fn pdu_alloc(&self) -> Option<usize> {
         let idx = self.pdus.free.borrow_mut().pop()?;
         self.pdus.active.borrow_mut().push_front(idx);
@@ -284,6 +297,7 @@ impl V9fsState {
 
     fn pdu_free(&self, pdu: &Pdu) {
         debug_assert!(!pdu.cancelled.is_cancelled());
+        pdu.submitted.set(false);
         let empty = {
             let mut active = self.pdus.active.borrow_mut();
             active.retain(|&i| i != pdu.idx);
@@ -313,6 +327,7 @@ impl V9fsState {
         pdu.size.set(header.size);
         pdu.id.set(header.id);
         pdu.tag.set(header.tag);
+        pdu.submitted.set(true);
         let handler = match handler_for(header.id) {
             None => v9fs_op_not_supp as Handler,
             Some(_) if self.export.readonly && !is_read_only_op(header.id) => v9fs_fs_ro,
@@ -419,14 +434,14 @@ impl V9fsState {
         Errno::ENOBUFS
     }
 
-    /// The PDU of the most recent active request with `tag`, if any.
+    /// The PDU of the most recent request in flight with `tag`, if any.
     fn find_active(&self, tag: Tag) -> Option<Rc<Pdu>> {
         self.pdus
             .active
             .borrow()
             .iter()
             .map(|&i| &self.pdus.slots[i])
-            .find(|p| p.tag() == tag)
+            .find(|p| p.submitted.get() && p.tag() == tag)
             .cloned()
     }
 
@@ -436,7 +451,10 @@ impl V9fsState {
     /// task ends when all of that is done.
     pub fn disconnect(self: &Rc<Self>) -> Task<()> {
         for &i in self.pdus.active.borrow().iter() {
-            self.pdus.slots[i].cancelled.cancel();
+            let pdu = &self.pdus.slots[i];
+            if pdu.submitted.get() {
+                pdu.cancelled.cancel();
+            }
         }
         self.reset()
     }

@@ -92,7 +92,7 @@ pub(crate) fn v9fs_version(
 /// `v9fs_attach`. Any failure to reach the root is EINVAL, as in QEMU.
 pub(crate) fn v9fs_attach(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) -> HandlerResult {
     let m: Tattach = s.unmarshal(pdu, body)?;
-    let fidp = s.alloc_fid(m.fid).ok_or(Errno::EINVAL)?;
+    let fidp = s.alloc_fid(m.fid)?;
     fidp.borrow_mut().uid = m.n_uname;
     let root = co::co_name_to_path(co, s, None, b"/").and_then(|path| {
         let st = co::co_lstat(co, s, &path)?;

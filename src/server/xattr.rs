@@ -15,8 +15,6 @@ use crate::Compat;
 
 /// P9_XATTR_CREATE and P9_XATTR_REPLACE (the host's values on Linux).
 const P9_XATTR_FLAGS: u32 = 0x1 | 0x2;
-/// P9_XATTR_SIZE_MAX: Linux's XATTR_SIZE_MAX.
-const P9_XATTR_SIZE_MAX: u64 = 65536;
 
 /// The xattr-fid limit (`max_xattr`, master only): ENOSPC at the limit.
 fn check_xattr_limit(s: &V9fsState) -> Result<(), Errno> {
@@ -38,7 +36,7 @@ pub(crate) fn v9fs_xattrwalk(
 ) -> HandlerResult {
     let m: Txattrwalk = s.unmarshal(pdu, body)?;
     with_fid(co, s, m.fid, Errno::ENOENT, |fidp| {
-        let newfidp = s.alloc_fid(m.newfid).ok_or(Errno::EINVAL)?;
+        let newfidp = s.alloc_fid(m.newfid)?;
         let path = fidp.borrow().path.clone();
         newfidp.borrow_mut().path = path.clone();
         let list = m.name.0.is_empty();
@@ -49,6 +47,12 @@ pub(crate) fn v9fs_xattrwalk(
             } else {
                 co::co_lgetxattr_size(co, s, &path, name)?
             };
+            // The snapshot is held until Tclunk: no more than max_xattr_size
+            // per fid. E2BIG is what getxattr(2) says of a value too large
+            // to hand out; with the default the host's own cap is the same.
+            if size as u64 > s.export.options.max_xattr_size as u64 {
+                return Err(Errno::E2BIG);
+            }
             check_xattr_limit(s)?;
             newfidp.borrow_mut().open = OpenState::Xattr(Box::new(XattrState {
                 len: size as u64,
@@ -90,7 +94,8 @@ pub(crate) fn v9fs_xattrcreate(
     if m.flags & !P9_XATTR_FLAGS != 0 {
         return Err(Errno::EINVAL);
     }
-    if m.attr_size > P9_XATTR_SIZE_MAX {
+    // QEMU: E2BIG above P9_XATTR_SIZE_MAX (the default of max_xattr_size).
+    if m.attr_size > s.export.options.max_xattr_size as u64 {
         return Err(Errno::E2BIG);
     }
     with_fid(co, s, m.fid, Errno::EINVAL, |fidp| {

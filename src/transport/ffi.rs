@@ -266,7 +266,10 @@ pub unsafe extern "C" fn coro9p_new(
         let state = V9fsState::new(
             exec.handle(),
             Rc::clone(&export),
-            Rc::new(FfiTransport(Rc::clone(&shim))),
+            Rc::new(FfiTransport {
+                shim: Rc::clone(&shim),
+                max_msize: export.options.max_msize,
+            }),
         );
         let srv = Box::into_raw(Box::new(Coro9pServer {
             magic: MAGIC,
@@ -351,8 +354,8 @@ pub unsafe extern "C" fn coro9p_destroy(s: *mut Coro9pServer) -> c_int {
     })
 }
 
-/// Takes a free PDU (QEMU's `pdu_alloc`), or NULL when all 128 are in use
-/// (or on a bad argument, logged).
+/// Takes a free PDU (QEMU's `pdu_alloc`), or NULL when all of them are in
+/// use (128, or the fsdev's `max_pdus=`), or on a bad argument (logged).
 ///
 /// # Safety
 ///
@@ -365,7 +368,10 @@ pub unsafe extern "C" fn coro9p_pdu_alloc(s: *mut Coro9pServer) -> *mut Coro9pPd
             return std::ptr::null_mut();
         };
         let Some(idx) = srv.state.pdu_alloc() else {
-            log::debug!("coro9p: all {CORO9P_MAX_REQ} PDUs are in use");
+            log::debug!(
+                "coro9p: all {} PDUs are in use",
+                srv.export.options.max_pdus
+            );
             return std::ptr::null_mut();
         };
         srv.shim.set_slot(idx, SlotState::Allocated);

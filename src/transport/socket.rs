@@ -5,9 +5,13 @@
 //! and submitted as PDUs free up; replies are written in completion order.
 //! A frame whose size is below 7 or above the negotiated msize (8 KiB
 //! before Tversion) closes the connection, the socket form of QEMU's
-//! `virtio_error`. A client that does not read its replies stops being read
-//! from once a few replies are queued, instead of being buffered without
-//! bound.
+//! `virtio_error`. The msize is capped as QEMU master caps it to virtio's
+//! `msize_limit`: at `max_msize=` ([`SOCKET_MAX_MSIZE_DEFAULT`] unless
+//! given); no larger frame is taken in even where Tversion does not cap
+//! (`--compat 7.2`, an unknown version string). A client that does not
+//! read its replies stops being read from once a few replies are queued,
+//! instead of being buffered without bound. A hang-up seen while requests
+//! wait for a PDU closes at once, cancelling those in flight.
 
 use std::cell::RefCell;
 use std::io;
@@ -24,7 +28,7 @@ use nix::errno::Errno;
 use super::Transport;
 use crate::protocol::{Header, Tag, HEADER_SIZE, MIN_MSIZE};
 use crate::runtime::Handle;
-use crate::server::{Export, V9fsState};
+use crate::server::{Export, V9fsState, SOCKET_MAX_MSIZE_DEFAULT};
 
 /// The frame limit before Tversion has negotiated an msize.
 pub const PRE_VERSION_MSIZE: u32 = 8192;
@@ -291,6 +295,9 @@ pub struct Connection {
     wbuf: Vec<u8>,
     wpos: usize,
     eof: bool,
+    /// The peer hung up (read-closed or error event); unread bytes may
+    /// still be in the kernel, so this is not `eof`.
+    hung_up: bool,
     closed: bool,
     peer: String,
     session: Option<Rc<V9fsState>>,
@@ -300,12 +307,15 @@ pub struct Connection {
     owner: Weak<ListenerShared>,
     /// Stopping: no new requests are taken.
     draining: bool,
+    /// The largest frame ever taken in or sent (`max_msize=`).
+    max_msize: u32,
 }
 
 /// The transport side the session sees.
 struct ConnTransport {
     conn: Weak<RefCell<Connection>>,
     exec: Handle,
+    max_msize: u32,
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -328,6 +338,7 @@ fn start(
     if let Some(w) = &write_fd {
         set_nonblocking(w)?;
     }
+    let max_msize = export.options.max_msize.unwrap_or(SOCKET_MAX_MSIZE_DEFAULT);
     let conn = Rc::new(RefCell::new(Connection {
         read_fd,
         write_fd,
@@ -337,6 +348,7 @@ fn start(
         wbuf: Vec::new(),
         wpos: 0,
         eof: false,
+        hung_up: false,
         closed: false,
         peer,
         session: None,
@@ -344,10 +356,12 @@ fn start(
         pump_pending: false,
         owner: Rc::downgrade(shared),
         draining: false,
+        max_msize,
     }));
     let transport = Rc::new(ConnTransport {
         conn: Rc::downgrade(&conn),
         exec: exec.clone(),
+        max_msize,
     });
     let session = V9fsState::new(exec.clone(), Rc::clone(export), transport);
     conn.borrow_mut().session = Some(session);
@@ -398,6 +412,9 @@ fn on_event(weak: &Weak<RefCell<Connection>>, ev: &Event) {
     let Some(conn) = weak.upgrade() else {
         return;
     };
+    if ev.is_read_closed() || ev.is_error() {
+        conn.borrow_mut().hung_up = true;
+    }
     if ev.is_writable() {
         flush(&conn);
     }
@@ -414,11 +431,13 @@ impl Connection {
     /// The largest frame the client may send or receive now.
     fn frame_limit(&self) -> u32 {
         let s = self.session.as_ref().expect("session set at start");
-        if s.dialect() != crate::protocol::Dialect::Unset && s.msize() >= MIN_MSIZE {
+        let versioned = s.dialect() != crate::protocol::Dialect::Unset && s.msize() >= MIN_MSIZE;
+        let negotiated = if versioned {
             s.msize()
         } else {
             PRE_VERSION_MSIZE
-        }
+        };
+        negotiated.min(self.max_msize)
     }
 
     fn backlog_limit(&self) -> usize {
@@ -479,9 +498,19 @@ fn pump(conn: &Rc<RefCell<Connection>>) {
         match session.pdu_alloc() {
             Some(idx) => session.pdu_submit(idx, frame),
             None => {
-                // All 128 PDUs are busy: put the frame back (its bytes are
+                // All PDUs are busy: put the frame back (its bytes are
                 // still in rbuf, just before rpos) for when one frees.
-                conn.borrow_mut().rpos -= frame.len();
+                let hung_up = {
+                    let mut c = conn.borrow_mut();
+                    c.rpos -= frame.len();
+                    c.hung_up
+                };
+                // Reading stops here, so the end of the stream would never
+                // be seen, and requests that run until cancelled would hold
+                // their PDUs for ever: a hang-up closes now, which cancels.
+                if hung_up {
+                    close(conn, "client closed the connection with requests waiting");
+                }
                 return;
             }
         }
@@ -647,7 +676,7 @@ impl Transport for ConnTransport {
     }
 
     fn msize_limit(&self) -> Option<u32> {
-        None
+        Some(self.max_msize)
     }
 
     fn response_buffer_size(&self, _pdu_idx: usize) -> Option<u32> {

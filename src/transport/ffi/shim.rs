@@ -238,11 +238,16 @@ impl Shim {
 }
 
 /// The session's transport: replies go back through the C callbacks.
-pub(super) struct FfiTransport(pub(super) std::rc::Rc<Shim>);
+pub(super) struct FfiTransport {
+    pub(super) shim: std::rc::Rc<Shim>,
+    /// `max_msize=`, if the fsdev string gave it: lowers the transport's
+    /// own `msize_limit`.
+    pub(super) max_msize: Option<u32>,
+}
 
 impl Transport for FfiTransport {
     fn push_and_notify(&self, idx: usize, reply: Vec<u8>) {
-        let shim = &*self.0;
+        let shim = &*self.shim;
         let pdu = shim.pdu_ptr(idx);
         let mut size = reply.len();
         if !reply.is_empty() {
@@ -276,18 +281,21 @@ impl Transport for FfiTransport {
     }
 
     fn msize_limit(&self) -> Option<u32> {
-        let shim = &*self.0;
-        let f = shim.cb.msize_limit?;
+        let shim = &*self.shim;
+        let Some(f) = shim.cb.msize_limit else {
+            return self.max_msize;
+        };
         let opaque = shim.opaque;
         let n = shim.call(|| {
             // SAFETY: `f` is the transport's optional msize_limit, set.
             unsafe { f(opaque) }
         });
-        Some(n.min(u32::MAX as usize) as u32)
+        let n = n.min(u32::MAX as usize) as u32;
+        Some(self.max_msize.map_or(n, |m| m.min(n)))
     }
 
     fn response_buffer_size(&self, idx: usize) -> Option<u32> {
-        let shim = &*self.0;
+        let shim = &*self.shim;
         let n = match shim.cb.response_buffer_size {
             Some(f) => {
                 let pdu = shim.pdu_ptr(idx);
@@ -311,7 +319,7 @@ impl Transport for FfiTransport {
     }
 
     fn fatal_error(&self, msg: &str) {
-        self.0.transport_error(msg);
+        self.shim.transport_error(msg);
     }
 
     fn pdu_freed(&self) {
