@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::fsdev::local::{LocalFs, LocalModel, DEFAULT_DMODE, DEFAULT_FMODE};
 use crate::fsdev::synth::SynthFs;
 use crate::fsdev::{Errno, ExportFlags, FileOperations};
-use crate::Compat;
+use crate::{Compat, Hops};
 
 /// `security_model=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +92,9 @@ pub struct ExportOptions {
     /// Tgetattr and Tsetattr do in 9P2000.L, so that fstat and ftruncate on
     /// an open, unlinked file work. QEMU goes by path: ENOENT.
     pub dotu_handles: bool,
+    /// `--hops` (beyond QEMU, default [`Hops::Qemu`]): not an `-fsdev`
+    /// key; the command line sets it.
+    pub hops: Hops,
 }
 
 const FSDEV_KEYS: &[&str] = &[
@@ -173,6 +176,7 @@ impl ExportOptions {
             readonly: false,
             max_xattr: MAX_XATTR_DEFAULT,
             dotu_handles: false,
+            hops: Hops::default(),
         };
         let mut path = None;
         let mut model = None;

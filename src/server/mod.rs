@@ -21,6 +21,7 @@ mod xattr;
 
 pub use export::{Export, ExportOptions, FsDriver, Locks, SecurityModel};
 pub use fid::{FidState, FidType};
+pub(crate) use qid::QidCheck;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -39,7 +40,7 @@ use crate::runtime::{
     CancelFlag, Co, CoQueue, CoRwLock, CoRwLockReadGuard, Handle, Task, TaskId, TaskOpts,
 };
 use crate::transport::Transport;
-use crate::Compat;
+use crate::{Compat, Hops};
 
 use fid::FidRef;
 use qid::QidMaps;
@@ -260,6 +261,10 @@ impl V9fsState {
 
     pub(crate) fn compat(&self) -> Compat {
         self.export.compat
+    }
+
+    pub(crate) fn hops(&self) -> Hops {
+        self.export.options.hops
     }
 
     /// Whether the driver is path-based (local): the rename lock is used and

@@ -1,6 +1,8 @@
 //! Extended attributes: Txattrwalk, Txattrcreate, and the commit at Tclunk.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
@@ -20,8 +22,12 @@ const P9_XATTR_SIZE_MAX: u64 = 65536;
 
 /// The xattr-fid limit (`max_xattr`, master only): ENOSPC at the limit.
 fn check_xattr_limit(s: &V9fsState) -> Result<(), Errno> {
-    let limit = s.export.max_xattr;
-    if s.compat() == Compat::Master && limit > 0 && s.xattr_fid_count() >= limit {
+    xattr_limit(s.compat(), s.export.max_xattr, s.xattr_fid_count())
+}
+
+/// [`check_xattr_limit`] on values, which a worker can check too.
+fn xattr_limit(compat: Compat, limit: u64, count: u64) -> Result<(), Errno> {
+    if compat == Compat::Master && limit > 0 && count >= limit {
         log::warn!("9p: xattr_fid_count limit exceeded (configurable by option 'max_xattr')");
         return Err(Errno::ENOSPC);
     }
@@ -41,28 +47,25 @@ pub(crate) fn v9fs_xattrwalk(
         let newfidp = s.alloc_fid(m.newfid).ok_or(Errno::EINVAL)?;
         let path = fidp.borrow().path.clone();
         newfidp.borrow_mut().path = path.clone();
-        let list = m.name.0.is_empty();
-        let name = m.name.c_str();
+        // An empty name asks for the list of names.
+        let name = (!m.name.0.is_empty()).then(|| m.name.c_str().to_vec());
         let result = (|| {
-            let size = if list {
-                co::co_llistxattr_size(co, s, &path)?
-            } else {
-                co::co_lgetxattr_size(co, s, &path, name)?
+            let mut make_fid = |size: usize| {
+                check_xattr_limit(s)?;
+                newfidp.borrow_mut().open = OpenState::Xattr(Box::new(XattrState {
+                    len: size as u64,
+                    value: vec![0; size],
+                    walk: true,
+                    ..XattrState::default()
+                }));
+                s.set_xattr_fid_count(s.xattr_fid_count() + 1);
+                Ok(())
             };
-            check_xattr_limit(s)?;
-            newfidp.borrow_mut().open = OpenState::Xattr(Box::new(XattrState {
-                len: size as u64,
-                value: vec![0; size],
-                walk: true,
-                ..XattrState::default()
-            }));
-            s.set_xattr_fid_count(s.xattr_fid_count() + 1);
+            let (compat, limit) = (s.compat(), s.export.max_xattr);
+            let count = Arc::clone(&s.ctx.xattr_fid_count);
+            let reached = move || xattr_limit(compat, limit, count.load(Ordering::Relaxed));
+            let (size, value) = co::co_xattrwalk(co, s, &path, name, &mut make_fid, reached)?;
             if size > 0 {
-                let value = if list {
-                    co::co_llistxattr(co, s, &path, size)?
-                } else {
-                    co::co_lgetxattr(co, s, &path, name, size)?
-                };
                 if let OpenState::Xattr(x) = &mut newfidp.borrow_mut().open {
                     let n = value.len().min(x.value.len());
                     x.value[..n].copy_from_slice(&value[..n]);
