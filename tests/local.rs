@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
-use coro9p::Compat;
+use coro9p::{Compat, Hops};
 
 fn export_dir() -> TempDir {
     temp_dir("local")
@@ -473,11 +473,27 @@ fn readonly_export_refuses_changes() {
 
 #[test]
 fn local_hops_per_message_match_qemu() {
+    local_hops(Hops::Qemu);
+}
+
+/// `--hops=min`: every message takes at most one hop.
+#[test]
+fn local_hops_min_at_most_one_per_message() {
+    local_hops(Hops::Min);
+}
+
+/// The script, with QEMU's count, or `m(qemu, min)` where min mode differs.
+fn local_hops(mode: Hops) {
+    let m = |qemu: usize, min: usize| if mode == Hops::Qemu { qemu } else { min };
     let dir = export_dir();
     fs::write(dir.join("f"), b"data").unwrap();
     fs::create_dir(dir.join("d")).unwrap();
     std::os::unix::fs::symlink("f", dir.join("ln")).unwrap();
-    let srv = serve(&dir, "passthrough");
+    let srv = TestServer::start_with_hops(
+        &format!("local,path={},security_model=passthrough", dir.display()),
+        Compat::Master,
+        mode,
+    );
     let mut c = srv.connect();
     let mut script = HopScript::new(true);
     script.run(&mut c, TVERSION, le![d 32768, s b"9P2000.L"], "Tversion", 0);
@@ -490,9 +506,9 @@ fn local_hops_per_message_match_qemu() {
     );
     script.run(&mut c, TWALK, walk_body(0, 1, b"f"), "Twalk", 1);
     script.run(&mut c, TGETATTR, le![d 1, q 0x7ff], "Tgetattr", 1);
-    script.run(&mut c, TLOPEN, le![d 1, d 2], "Tlopen", 3);
+    script.run(&mut c, TLOPEN, le![d 1, d 2], "Tlopen", m(3, 1));
     // A short read before EOF: one more call to see the 0.
-    script.run(&mut c, TREAD, le![d 1, q 0, d 100], "Tread", 2);
+    script.run(&mut c, TREAD, le![d 1, q 0, d 100], "Tread", m(2, 1));
     script.run(&mut c, TWRITE, le![d 1, q 4, d 2, x b"!!"], "Twrite", 1);
     script.run(&mut c, TFSYNC, le![d 1, d 0], "Tfsync", 1);
     script.run(
@@ -504,7 +520,7 @@ fn local_hops_per_message_match_qemu() {
     );
     script.run(&mut c, TCLUNK, le![d 1], "Tclunk", 1);
     script.run(&mut c, TWALK, walk_body(0, 2, b"d"), "Twalk", 1);
-    script.run(&mut c, TLOPEN, le![d 2, d 0o200000], "Tlopen", 2);
+    script.run(&mut c, TLOPEN, le![d 2, d 0o200000], "Tlopen", m(2, 1));
     script.run(&mut c, TREADDIR, le![d 2, q 0, d 1000], "Treaddir", 1);
     script.run(&mut c, TCLUNK, le![d 2], "Tclunk", 1);
     script.run(&mut c, TWALK, le![d 0, d 3, w 0], "Twalk", 1);
@@ -513,7 +529,7 @@ fn local_hops_per_message_match_qemu() {
         TLCREATE,
         le![d 3, s b"new", d 2, d 0o644, d 0],
         "Tlcreate",
-        2,
+        m(2, 1),
     );
     script.run(&mut c, TMKDIR, le![d 0, s b"m", d 0o755, d 0], "Tmkdir", 1);
     script.run(
@@ -544,7 +560,7 @@ fn local_hops_per_message_match_qemu() {
         TXATTRWALK,
         le![d 7, d 8, s b"user.k"],
         "Txattrwalk",
-        2,
+        m(2, 1),
     );
     script.run(&mut c, TREAD, le![d 8, q 0, d 10], "Tread", 0);
     script.run(
@@ -558,18 +574,21 @@ fn local_hops_per_message_match_qemu() {
     script.run(&mut c, TWALK, walk_body(0, 9, b"s"), "Twalk", 1);
     script.run(&mut c, TRENAME, le![d 9, d NOFID, s b"s2"], "Trename", 1);
     script.run(&mut c, TREMOVE, le![d 9], "Tremove", 1);
-    script.run(&mut c, TSTAT, le![d 5], "Tstat", 2);
+    script.run(&mut c, TSTAT, le![d 5], "Tstat", m(2, 1));
     script.run(
         &mut c,
         TSETATTR,
         le![d 7, d 0x1 | 0x8, d 0o644, d 0, d 0, q 1, q 0, q 0, q 0, q 0],
         "Tsetattr",
-        2,
+        m(2, 1),
     );
     drop(c);
     let report = srv.stop();
     script.check(&report);
     assert_eq!(report.open_handles, 0);
+    if mode == Hops::Min {
+        assert!(report.hops.iter().all(|t| t.hops <= 1), "{:?}", report.hops);
+    }
 }
 
 /// 9P2000.u's Tstat and Twstat on an open, unlinked file: by path, as
