@@ -180,7 +180,7 @@ fn attach_steps(r: &impl Steps) -> FsResult<(V9fsPath, FileStat)> {
 pub(crate) fn co_attach_root(co: &Co, s: &V9fsState) -> FsResult<(V9fsPath, FileStat)> {
     match s.hops() {
         Hops::Qemu => attach_steps(&EachHop { co, s }),
-        Hops::Min => one_hop(co, s, Lock::Read, |r| attach_steps(r)),
+        Hops::Min => one_hop(co, s, Lock::Read, attach_steps),
     }
 }
 
