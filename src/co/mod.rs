@@ -61,8 +61,19 @@ impl Handle {
     }
 }
 
-/// One hop with no lock: cancellation check, then `job` on a worker.
-fn hop<T, F>(co: &Co, s: &V9fsState, job: F) -> FsResult<T>
+/// The rename lock a hop holds, for path-based drivers only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    /// Calls on handles.
+    None,
+    /// Calls by path: QEMU's `v9fs_path_read_lock`.
+    Read,
+    /// A create: `v9fs_co_open2` takes it for writing.
+    Write,
+}
+
+/// One hop: cancellation check, `lock`, then `job` on a worker.
+fn locked_hop<T, F>(co: &Co, s: &V9fsState, lock: Lock, job: F) -> FsResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
@@ -70,8 +81,19 @@ where
     if co.is_cancelled() {
         return Err(Errno::EINTR);
     }
+    let _read = (lock == Lock::Read).then(|| s.path_read_lock(co));
+    let _write = (lock == Lock::Write && s.is_path_based()).then(|| s.rename_lock.write(co));
     let ops = Arc::clone(&s.export.ops);
     co.run_in_worker(move || job(&*ops))
+}
+
+/// One hop with no lock.
+fn hop<T, F>(co: &Co, s: &V9fsState, job: F) -> FsResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
+{
+    locked_hop(co, s, Lock::None, job)
 }
 
 /// One hop under the rename read lock (path-based drivers).
@@ -80,26 +102,7 @@ where
     T: Send + 'static,
     F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
 {
-    if co.is_cancelled() {
-        return Err(Errno::EINTR);
-    }
-    let _lock = s.path_read_lock(co);
-    let ops = Arc::clone(&s.export.ops);
-    co.run_in_worker(move || job(&*ops))
-}
-
-/// One hop under the rename write lock (creates, on path-based drivers).
-fn write_hop<T, F>(co: &Co, s: &V9fsState, job: F) -> FsResult<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
-{
-    if co.is_cancelled() {
-        return Err(Errno::EINTR);
-    }
-    let _lock = s.is_path_based().then(|| s.rename_lock.write(co));
-    let ops = Arc::clone(&s.export.ops);
-    co.run_in_worker(move || job(&*ops))
+    locked_hop(co, s, Lock::Read, job)
 }
 
 // ---- cofs.c -------------------------------------------------------------

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
-use super::{hop, opened, path_hop, write_hop, Handle};
+use super::{locked_hop, opened, Handle, Lock};
 use crate::fsdev::{
     DirHandle, FileHandle, FileOperations, FileStat, FsCred, FsResult, SessionCtx, Timespec,
     V9fsPath,
@@ -58,11 +58,7 @@ impl Steps for EachHop<'_, '_> {
         T: Send + 'static,
         F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
     {
-        match lock {
-            Lock::None => hop(self.co, self.s, job),
-            Lock::Read => path_hop(self.co, self.s, job),
-            Lock::Write => write_hop(self.co, self.s, job),
-        }
+        locked_hop(self.co, self.s, lock, job)
     }
     fn name_to_path(&self, dir: Option<&V9fsPath>, name: &[u8]) -> FsResult<V9fsPath> {
         super::co_name_to_path(self.co, self.s, dir, name)
@@ -111,18 +107,6 @@ impl Steps for InHop {
     fn opened(&self) {}
 }
 
-/// The rename lock a call (QEMU mode) or a whole min-mode hop holds, for
-/// path-based drivers only.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lock {
-    /// Calls on handles.
-    None,
-    /// Calls by path: QEMU's `v9fs_path_read_lock`.
-    Read,
-    /// A create: `v9fs_co_open2` takes it for writing.
-    Write,
-}
-
 /// Runs `seq` as one hop: the cancellation check, `lock`, then every call of
 /// the sequence on one worker.
 fn one_hop<T, F>(co: &Co, s: &V9fsState, lock: Lock, seq: F) -> FsResult<T>
@@ -130,18 +114,13 @@ where
     T: Send + 'static,
     F: FnOnce(&InHop) -> FsResult<T> + Send + 'static,
 {
-    if co.is_cancelled() {
-        return Err(Errno::EINTR);
-    }
-    let _read = (lock == Lock::Read).then(|| s.path_read_lock(co));
-    let _write = (lock == Lock::Write && s.is_path_based()).then(|| s.rename_lock.write(co));
     let steps = InHop {
         ops: Arc::clone(&s.export.ops),
         cancel: co.cancel_flag().clone(),
         path_based: s.is_path_based(),
         qid: s.qid_check(),
     };
-    co.run_in_worker(move || seq(&steps))
+    locked_hop(co, s, lock, move |_| seq(&steps))
 }
 
 /// The qid a sequence made, or (min mode) the one made now, on main. A
