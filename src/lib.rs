@@ -30,3 +30,15 @@ pub enum Compat {
     /// QEMU 7.2.
     V7_2,
 }
+
+/// How many worker hops a request takes (`--hops`): QEMU's count, one per
+/// driver call (the default), or at most one per request (beyond QEMU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hops {
+    /// One hop per driver call, as QEMU's co functions (the default).
+    #[default]
+    Qemu,
+    /// All of a request's driver calls in one worker block, in QEMU's order
+    /// and with QEMU's replies (QEMU's "reducing thread hops" roadmap item).
+    Min,
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use coro9p::runtime::{Executor, RuntimeConfig};
 use coro9p::server::{Export, ExportOptions};
 use coro9p::transport::socket::{listen, serve_fds, ListenAddr, Listener};
-use coro9p::Compat;
+use coro9p::{Compat, Hops};
 
 const USAGE: &str = "\
 usage: coro9p --fsdev OPTIONS --listen ADDR [--listen ADDR ...] [options]
@@ -27,6 +27,8 @@ usage: coro9p --fsdev OPTIONS --listen ADDR [--listen ADDR ...] [options]
                         max_msize=N       msize and frame cap, at least 4096 (4186112)
   --listen ADDR       tcp:HOST:PORT, unix:PATH, fd:R,W or stdio (repeatable)
   --compat VERSION    behave like QEMU master (default) or 7.2
+  --hops qemu|min     worker hops per request: one per file system call, as
+                      QEMU (default), or at most one (beyond QEMU; same replies)
   --workers N         most worker threads (default 64)
   --max-connections N most connections served at once per listener (default 1024)
   --trace-hops FILE   record every thread hop, written as JSON lines at exit
@@ -39,6 +41,7 @@ struct Args {
     fsdev: String,
     listen: Vec<ListenAddr>,
     compat: Compat,
+    hops: Hops,
     workers: usize,
     max_connections: usize,
     trace_hops: Option<String>,
@@ -55,6 +58,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
     let mut fsdev = None;
     let mut listen = Vec::new();
     let mut compat = Compat::Master;
+    let mut hops = Hops::Qemu;
     let mut workers = 64;
     let mut max_connections = coro9p::transport::socket::DEFAULT_MAX_CONNECTIONS;
     let mut trace_hops = None;
@@ -92,6 +96,13 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
                     other => return Err(format!("--compat takes master or 7.2, not '{other}'.")),
                 }
             }
+            "--hops" => {
+                hops = match value("--hops")?.as_str() {
+                    "qemu" => Hops::Qemu,
+                    "min" => Hops::Min,
+                    other => return Err(format!("--hops takes qemu or min, not '{other}'.")),
+                }
+            }
             "--workers" => {
                 let v = value("--workers")?;
                 workers = v
@@ -118,6 +129,7 @@ fn parse_args(args: Vec<String>) -> Result<Parsed, String> {
         fsdev,
         listen,
         compat,
+        hops,
         workers,
         max_connections,
         trace_hops,
@@ -151,7 +163,8 @@ fn inherited_fds(r: RawFd, w: RawFd) -> Result<(OwnedFd, Option<OwnedFd>), Strin
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let options = ExportOptions::parse(&args.fsdev)?;
+    let mut options = ExportOptions::parse(&args.fsdev)?;
+    options.hops = args.hops;
     let export = Export::open(options, args.compat)?;
     let exec = Executor::new(RuntimeConfig {
         max_workers: args.workers,

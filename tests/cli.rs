@@ -96,6 +96,10 @@ fn mistakes_get_one_plain_sentence() {
             &["--fsdev", "synth", "--listen", "stdio", "--compat", "9.0"],
             "coro9p: --compat takes master or 7.2, not '9.0'.\n",
         ),
+        (
+            &["--fsdev", "synth", "--listen", "stdio", "--hops=few"],
+            "coro9p: --hops takes qemu or min, not 'few'.\n",
+        ),
     ];
     for (args, want) in cases {
         let out = coro9p().args(*args).output().unwrap();

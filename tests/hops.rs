@@ -8,11 +8,23 @@ mod common;
 
 use common::*;
 use coro9p::runtime::HopKind;
-use coro9p::Compat;
+use coro9p::{Compat, Hops};
 
 #[test]
 fn synth_hops_per_message_match_qemu() {
-    let srv = TestServer::start("synth", Compat::Master);
+    synth_hops(Hops::Qemu);
+}
+
+/// `--hops=min`: every message takes at most one hop.
+#[test]
+fn synth_hops_min_at_most_one_per_message() {
+    synth_hops(Hops::Min);
+}
+
+/// The script, with QEMU's count, or `m(qemu, min)` where min mode differs.
+fn synth_hops(mode: Hops) {
+    let m = |qemu: usize, min: usize| if mode == Hops::Qemu { qemu } else { min };
+    let srv = TestServer::start_with_hops("synth", Compat::Master, mode);
     let mut c = srv.connect();
     let mut script = HopScript::new(false);
     script.run(&mut c, TVERSION, le![d 32768, s b"9P2000.L"], "Tversion", 0);
@@ -21,17 +33,17 @@ fn synth_hops_per_message_match_qemu() {
         TATTACH,
         le![d 0, d NOFID, s b"", s b"", d 0],
         "Tattach",
-        2,
+        m(2, 1),
     );
     script.run(&mut c, TWALK, walk_body(0, 1, b"WALK0"), "Twalk", 1);
     script.run(&mut c, TWALK, le![d 0, d 2, w 0], "Twalk", 1);
     script.run(&mut c, TGETATTR, le![d 1, q 0x7ff], "Tgetattr", 1);
-    script.run(&mut c, TLOPEN, le![d 1, d 0o200000], "Tlopen", 2);
+    script.run(&mut c, TLOPEN, le![d 1, d 0o200000], "Tlopen", m(2, 1));
     script.run(&mut c, TREADDIR, le![d 1, q 0, d 1000], "Treaddir", 1);
     script.run(&mut c, TCLUNK, le![d 1], "Tclunk", 1);
     script.run(&mut c, TCLUNK, le![d 2], "Tclunk", 0);
     script.run(&mut c, TWALK, walk_body(0, 3, b"LOPEN"), "Twalk", 1);
-    script.run(&mut c, TLOPEN, le![d 3, d 0], "Tlopen", 3);
+    script.run(&mut c, TLOPEN, le![d 3, d 0], "Tlopen", m(3, 1));
     script.run(&mut c, TREAD, le![d 3, q 0, d 10], "Tread", 1);
     script.run(&mut c, TFSYNC, le![d 3, d 0], "Tfsync", 0);
     script.run(
@@ -42,8 +54,14 @@ fn synth_hops_per_message_match_qemu() {
         0,
     );
     script.run(&mut c, TWALK, walk_body(0, 4, b"WRITE"), "Twalk", 1);
-    script.run(&mut c, TLOPEN, le![d 4, d 1], "Tlopen", 3);
-    script.run(&mut c, TWRITE, le![d 4, q 0, d 5, x b"12345"], "Twrite", 5);
+    script.run(&mut c, TLOPEN, le![d 4, d 1], "Tlopen", m(3, 1));
+    script.run(
+        &mut c,
+        TWRITE,
+        le![d 4, q 0, d 5, x b"12345"],
+        "Twrite",
+        m(5, 1),
+    );
     script.run(&mut c, TFLUSH, le![w 99], "Tflush", 0);
     script.run(&mut c, TSTATFS, le![d 0], "Tstatfs", 1);
     script.run(&mut c, TSTAT, le![d 0], "Tstat", 1);
@@ -64,7 +82,13 @@ fn synth_hops_per_message_match_qemu() {
     );
     script.run(&mut c, TLINK, le![d 0, d 3, s b"h"], "Tlink", 1);
     script.run(&mut c, TREADLINK, le![d 0], "Treadlink", 1);
-    script.run(&mut c, TUNLINKAT, le![d 0, s b"LOPEN", d 0], "Tunlinkat", 2);
+    script.run(
+        &mut c,
+        TUNLINKAT,
+        le![d 0, s b"LOPEN", d 0],
+        "Tunlinkat",
+        m(2, 1),
+    );
     script.run(
         &mut c,
         TRENAMEAT,
@@ -103,6 +127,9 @@ fn synth_hops_per_message_match_qemu() {
     drop(c);
     let report = srv.stop();
     script.check(&report);
+    if mode == Hops::Min {
+        assert!(report.hops.iter().all(|t| t.hops <= 1), "{:?}", report.hops);
+    }
     // Each hop is a full round trip: the job starts and ends on a worker
     // and the task comes back to main before anything else of its own.
     for t in &report.hops {

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
-use coro9p::Compat;
+use coro9p::{Compat, Hops};
 
 fn export_dir() -> TempDir {
     temp_dir("local")
@@ -473,11 +473,27 @@ fn readonly_export_refuses_changes() {
 
 #[test]
 fn local_hops_per_message_match_qemu() {
+    local_hops(Hops::Qemu);
+}
+
+/// `--hops=min`: every message takes at most one hop.
+#[test]
+fn local_hops_min_at_most_one_per_message() {
+    local_hops(Hops::Min);
+}
+
+/// The script, with QEMU's count, or `m(qemu, min)` where min mode differs.
+fn local_hops(mode: Hops) {
+    let m = |qemu: usize, min: usize| if mode == Hops::Qemu { qemu } else { min };
     let dir = export_dir();
     fs::write(dir.join("f"), b"data").unwrap();
     fs::create_dir(dir.join("d")).unwrap();
     std::os::unix::fs::symlink("f", dir.join("ln")).unwrap();
-    let srv = serve(&dir, "passthrough");
+    let srv = TestServer::start_with_hops(
+        &format!("local,path={},security_model=passthrough", dir.display()),
+        Compat::Master,
+        mode,
+    );
     let mut c = srv.connect();
     let mut script = HopScript::new(true);
     script.run(&mut c, TVERSION, le![d 32768, s b"9P2000.L"], "Tversion", 0);
@@ -490,9 +506,9 @@ fn local_hops_per_message_match_qemu() {
     );
     script.run(&mut c, TWALK, walk_body(0, 1, b"f"), "Twalk", 1);
     script.run(&mut c, TGETATTR, le![d 1, q 0x7ff], "Tgetattr", 1);
-    script.run(&mut c, TLOPEN, le![d 1, d 2], "Tlopen", 3);
+    script.run(&mut c, TLOPEN, le![d 1, d 2], "Tlopen", m(3, 1));
     // A short read before EOF: one more call to see the 0.
-    script.run(&mut c, TREAD, le![d 1, q 0, d 100], "Tread", 2);
+    script.run(&mut c, TREAD, le![d 1, q 0, d 100], "Tread", m(2, 1));
     script.run(&mut c, TWRITE, le![d 1, q 4, d 2, x b"!!"], "Twrite", 1);
     script.run(&mut c, TFSYNC, le![d 1, d 0], "Tfsync", 1);
     script.run(
@@ -504,7 +520,7 @@ fn local_hops_per_message_match_qemu() {
     );
     script.run(&mut c, TCLUNK, le![d 1], "Tclunk", 1);
     script.run(&mut c, TWALK, walk_body(0, 2, b"d"), "Twalk", 1);
-    script.run(&mut c, TLOPEN, le![d 2, d 0o200000], "Tlopen", 2);
+    script.run(&mut c, TLOPEN, le![d 2, d 0o200000], "Tlopen", m(2, 1));
     script.run(&mut c, TREADDIR, le![d 2, q 0, d 1000], "Treaddir", 1);
     script.run(&mut c, TCLUNK, le![d 2], "Tclunk", 1);
     script.run(&mut c, TWALK, le![d 0, d 3, w 0], "Twalk", 1);
@@ -513,7 +529,7 @@ fn local_hops_per_message_match_qemu() {
         TLCREATE,
         le![d 3, s b"new", d 2, d 0o644, d 0],
         "Tlcreate",
-        2,
+        m(2, 1),
     );
     script.run(&mut c, TMKDIR, le![d 0, s b"m", d 0o755, d 0], "Tmkdir", 1);
     script.run(
@@ -544,7 +560,7 @@ fn local_hops_per_message_match_qemu() {
         TXATTRWALK,
         le![d 7, d 8, s b"user.k"],
         "Txattrwalk",
-        2,
+        m(2, 1),
     );
     script.run(&mut c, TREAD, le![d 8, q 0, d 10], "Tread", 0);
     script.run(
@@ -558,18 +574,21 @@ fn local_hops_per_message_match_qemu() {
     script.run(&mut c, TWALK, walk_body(0, 9, b"s"), "Twalk", 1);
     script.run(&mut c, TRENAME, le![d 9, d NOFID, s b"s2"], "Trename", 1);
     script.run(&mut c, TREMOVE, le![d 9], "Tremove", 1);
-    script.run(&mut c, TSTAT, le![d 5], "Tstat", 2);
+    script.run(&mut c, TSTAT, le![d 5], "Tstat", m(2, 1));
     script.run(
         &mut c,
         TSETATTR,
         le![d 7, d 0x1 | 0x8, d 0o644, d 0, d 0, q 1, q 0, q 0, q 0, q 0],
         "Tsetattr",
-        2,
+        m(2, 1),
     );
     drop(c);
     let report = srv.stop();
     script.check(&report);
     assert_eq!(report.open_handles, 0);
+    if mode == Hops::Min {
+        assert!(report.hops.iter().all(|t| t.hops <= 1), "{:?}", report.hops);
+    }
 }
 
 /// 9P2000.u's Tstat and Twstat on an open, unlinked file: by path, as
@@ -610,5 +629,145 @@ fn dotu_stat_and_wstat_of_an_open_unlinked_file() {
         c.send(TWSTAT, 0, &[le![d 1, w stat.len()], stat].concat());
         let (id, _, _) = c.recv();
         assert_eq!(id == TWSTAT + 1, ok, "Twstat with '{opt}'");
+    }
+}
+
+/// `--hops=min` changes the hop count and nothing else: one message
+/// sequence, run once in each mode on the same export, gets the same
+/// replies byte for byte, errors included. The export is left as the
+/// sequence found it (contents, mtimes; atimes settled beforehand), so
+/// that qids and stats compare whole.
+#[test]
+fn hops_min_replies_match_qemu_byte_for_byte() {
+    let dir = export_dir();
+    let fixed = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::write(dir.join("f"), b"data").unwrap();
+    fs::write(dir.join("w"), b"ab!!ef").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(dir.join("w"))
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(fixed).set_modified(fixed))
+        .unwrap();
+    fs::write(dir.join("c"), b"").unwrap();
+    fs::write(dir.join("x"), b"").unwrap();
+    fs::create_dir(dir.join("d")).unwrap();
+    fs::create_dir(dir.join("g")).unwrap();
+    std::os::unix::fs::symlink("f", dir.join("ln")).unwrap();
+    // relatime updates an atime once after a change: take that update now.
+    fs::read(dir.join("f")).unwrap();
+    fs::read_link(dir.join("ln")).unwrap();
+    let c_mode = fs::metadata(dir.join("c")).unwrap().mode() & 0o7777;
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let run = |mode: Hops| -> Vec<Vec<u8>> {
+        fs::write(dir.join("g/gone"), b"x").unwrap();
+        let srv = TestServer::start_with_hops(
+            &format!("local,path={},security_model=passthrough", dir.display()),
+            Compat::Master,
+            mode,
+        );
+        let mut replies = Vec::new();
+        let mut c = srv.connect();
+        let mut t = |c: &mut Client, id: u8, body: Vec<u8>| {
+            c.send(id, 0, &body);
+            replies.push(c.recv_frame());
+        };
+        let attach = le![d 0, d NOFID, s b"", s b"", d uid];
+        t(&mut c, TVERSION, le![d 32768, s b"9P2000.L"]);
+        t(&mut c, TATTACH, attach.clone());
+        // A short read, then the reads at and before EOF.
+        t(&mut c, TWALK, walk_body(0, 1, b"f"));
+        t(&mut c, TLOPEN, le![d 1, d 0]);
+        t(&mut c, TREAD, le![d 1, q 0, d 100]);
+        t(&mut c, TREAD, le![d 1, q 4, d 100]);
+        t(&mut c, TREAD, le![d 1, q 2, d 100]);
+        t(&mut c, TGETATTR, le![d 1, q 0x3fff]);
+        // Write, chmod + truncate, and the mtime put back.
+        t(&mut c, TWALK, walk_body(0, 2, b"w"));
+        t(&mut c, TLOPEN, le![d 2, d 2]);
+        t(&mut c, TWRITE, le![d 2, q 2, d 2, x b"!!"]);
+        t(
+            &mut c,
+            TSETATTR,
+            le![d 2, d 0x9, d 0o644, d 0, d 0, q 6, q 0, q 0, q 0, q 0],
+        );
+        let times = 0x10 | 0x20 | 0x80 | 0x100;
+        let sec = 1_000_000_000u64;
+        t(
+            &mut c,
+            TSETATTR,
+            le![d 2, d times, d 0, d 0, d 0, q 0, q sec, q 0, q sec, q 0],
+        );
+        // Tlcreate: EISDIR, EEXIST, and an existing file opened.
+        t(&mut c, TWALK, le![d 0, d 3, w 0]);
+        t(&mut c, TLCREATE, le![d 3, s b"d", d 2, d 0o644, d gid]);
+        t(
+            &mut c,
+            TLCREATE,
+            le![d 3, s b"c", d 0o200 | 2, d 0o644, d gid],
+        );
+        t(&mut c, TLCREATE, le![d 3, s b"c", d 2, d c_mode, d gid]);
+        t(&mut c, TREAD, le![d 3, q 0, d 100]);
+        t(&mut c, TUNLINKAT, le![d 0, s b"d", d 0]);
+        // A directory, then a file removed behind its fid: ENOENT.
+        t(&mut c, TWALK, walk_body(0, 4, b"d"));
+        t(&mut c, TLOPEN, le![d 4, d 0o200000]);
+        t(&mut c, TWALK, le![d 0, d 5, w 2, s b"g", s b"gone"]);
+        fs::remove_file(dir.join("g/gone")).unwrap();
+        t(&mut c, TLOPEN, le![d 5, d 0]);
+        t(
+            &mut c,
+            TSETATTR,
+            le![d 5, d 0x9, d 0o644, d 0, d 0, q 0, q 0, q 0, q 0, q 0],
+        );
+        t(&mut c, TGETATTR, le![d 5, q 0x3fff]);
+        t(&mut c, TXATTRWALK, le![d 5, d 6, s b""]);
+        // Xattrs: set one, read it and the list back, ENODATA.
+        t(&mut c, TWALK, walk_body(0, 7, b"x"));
+        t(&mut c, TXATTRCREATE, le![d 7, s b"user.k", q 3, d 0]);
+        t(&mut c, TWRITE, le![d 7, q 0, d 3, x b"val"]);
+        t(&mut c, TCLUNK, le![d 7]);
+        t(&mut c, TWALK, walk_body(0, 7, b"x"));
+        t(&mut c, TXATTRWALK, le![d 7, d 8, s b"user.k"]);
+        t(&mut c, TREAD, le![d 8, q 0, d 100]);
+        t(&mut c, TXATTRWALK, le![d 7, d 9, s b"user.missing"]);
+        // 9P2000.u's Tstat: a symlink (lstat + readlink), a file, ENOENT.
+        let mut u = srv.connect();
+        t(&mut u, TVERSION, le![d 32768, s b"9P2000.u"]);
+        t(&mut u, TATTACH, attach);
+        t(&mut u, TWALK, walk_body(0, 1, b"ln"));
+        t(&mut u, TSTAT, le![d 1]);
+        t(&mut u, TWALK, walk_body(0, 2, b"f"));
+        t(&mut u, TSTAT, le![d 2]);
+        t(&mut u, TSTAT, le![d 5]);
+        drop((c, u));
+        let report = srv.stop();
+        assert_eq!(report.open_handles, 0);
+        replies
+    };
+    let qemu = run(Hops::Qemu);
+    let min = run(Hops::Min);
+    // The sequence does what it is meant to: a short read, EISDIR, ENOENT.
+    let body = |i: usize| qemu[i][7..].to_vec();
+    assert_eq!(body(4), le![d 4, x b"data"]);
+    assert_eq!(body(5), le![d 0]);
+    assert_eq!(qemu[14], frame(RLERROR, 0, &le![d libc::EISDIR]));
+    assert_eq!(qemu[15], frame(RLERROR, 0, &le![d libc::EEXIST]));
+    assert_eq!(qemu[16][4], TLCREATE + 1);
+    assert_eq!(qemu[22], frame(RLERROR, 0, &le![d libc::ENOENT]));
+    assert_eq!(qemu[18], frame(RLERROR, 0, &le![d libc::EISDIR]));
+    assert_eq!(body(32), le![d 3, x b"val"]);
+    assert_eq!(qemu[33], frame(RLERROR, 0, &le![d libc::ENODATA]));
+    let target = le![s b"f", d uid, d gid];
+    assert!(
+        body(37).windows(target.len()).any(|w| w == target),
+        "the symlink's target"
+    );
+    assert_eq!(qemu.len(), min.len());
+    for (i, (a, b)) in qemu.iter().zip(&min).enumerate() {
+        assert_eq!(a, b, "reply {i}");
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::direct::{self, Variant};
 use crate::load::{self, Spec, Workload, ALL};
 use crate::mem::{self, Mem};
-use crate::report::{self, Row, Sum};
+use crate::report::{self, Row, Sum, MIN};
 use crate::Opts;
 
 /// A server process this suite started; killed when dropped.
@@ -99,12 +99,15 @@ impl Cfg {
         let port = free_port()?;
         let export = self.export.to_str().ok_or("export path is not UTF-8")?;
         let mut cmd = match name {
-            "coro9p" => {
+            "coro9p" | "coro9p-min" => {
                 let mut c = Command::new(&self.coro9p_bin);
                 c.arg("--fsdev")
                     .arg(format!("local,path={export},security_model=passthrough"))
                     .arg("--listen")
                     .arg(format!("tcp:127.0.0.1:{port}"));
+                if name == "coro9p-min" {
+                    c.arg("--hops=min");
+                }
                 c
             }
             _ => {
@@ -251,8 +254,8 @@ pub fn main(o: &Opts) -> Result<(), String> {
     println!("machine: {machine}");
     println!("load average before: {load_before}");
     println!(
-        "{runs} rounds; each round runs coro9p, diod and the two direct loops in turn \
-         (order alternating); {secs} s per server run, {direct_secs} s per direct run\n"
+        "{runs} rounds; each round runs coro9p, coro9p --hops=min, diod and the two direct loops \
+         in turn (order alternating); {secs} s per server run, {direct_secs} s per direct run\n"
     );
 
     // Memory, on fresh servers.
@@ -276,8 +279,9 @@ pub fn main(o: &Opts) -> Result<(), String> {
     }
     println!();
 
-    // The workloads.
+    // The workloads; `servers[t]` serves target t of report::TARGETS.
     let servers = [cfg.start("coro9p")?, cfg.start("diod")?];
+    let min_server = cfg.start("coro9p-min")?;
     let payload: &'static [u8] = crate::payload();
     let mut rows = Vec::new();
     for &w in &workloads {
@@ -292,7 +296,7 @@ pub fn main(o: &Opts) -> Result<(), String> {
             chunk: None,
         };
         // Warm-up: page cache, stack pools, worker threads.
-        for s in &servers {
+        for s in servers.iter().chain([&min_server]) {
             load::run(&spec_for(s, 0.3), payload)
                 .map_err(|e| format!("{} on {}: {e}", w.name(), s.name))?;
         }
@@ -303,35 +307,45 @@ pub fn main(o: &Opts) -> Result<(), String> {
             runs: Default::default(),
         };
         for r in 0..runs {
-            let order: [usize; 4] = if r % 2 == 0 {
-                [0, 1, 2, 3]
+            let order: [usize; 5] = if r % 2 == 0 {
+                [0, MIN, 1, 2, 3]
             } else {
-                [1, 0, 3, 2]
+                [1, MIN, 0, 3, 2]
             };
             for t in order {
-                let f = match t {
-                    0 | 1 => load::run(&spec_for(&servers[t], secs), payload)
-                        .map_err(|e| format!("{} on {}: {e}", w.name(), servers[t].name))?,
-                    2 => direct::run(w, Variant::Minimal, &cfg.export, direct_secs)?,
+                let server = match t {
+                    0 | 1 => Some(&servers[t]),
+                    MIN => Some(&min_server),
+                    _ => None,
+                };
+                let f = match (t, server) {
+                    (_, Some(s)) => load::run(&spec_for(s, secs), payload)
+                        .map_err(|e| format!("{} on {}: {e}", w.name(), s.name))?,
+                    (2, _) => direct::run(w, Variant::Minimal, &cfg.export, direct_secs)?,
                     _ => direct::run(w, Variant::Backend, &cfg.export, direct_secs)?,
                 };
                 row.runs[t].push(Sum::from(&f));
             }
         }
         println!(
-            "{:<10} coro9p {:>12}  diod {:>12}  direct {:>12}  9pfs-syscalls {:>12}  {}  coro9p/diod {:.2}  coro9p/direct {:.3}",
+            "{:<10} coro9p {:>12}  coro9p-min {:>12}  diod {:>12}  direct {:>12}  9pfs-syscalls {:>12}  {}  \
+             coro9p/diod {:.2}  min/diod {:.2}  coro9p/direct {:.3}  min/direct {:.3}",
             w.name(),
             report::thousands(row.primary(0)),
+            report::thousands(row.primary(MIN)),
             report::thousands(row.primary(1)),
             report::thousands(row.primary(2)),
             report::thousands(row.primary(3)),
             if report::by_bytes(w) { "MB/s" } else { "op/s" },
             row.ratio(0, 1),
-            row.ratio(0, 2)
+            row.ratio(MIN, 1),
+            row.ratio(0, 2),
+            row.ratio(MIN, 2)
         );
         rows.push(row);
     }
     drop(servers);
+    drop(min_server);
 
     // Goals.
     let mut goals = String::new();

@@ -5,6 +5,8 @@
 //! EINTR without hopping if so; path-based ones hold the rename read lock
 //! across the hop when the driver is path-based (local), as QEMU does. The
 //! jobs own their inputs: paths are cloned, handles are shared `Arc`s.
+//! Requests that make several driver calls go through `steps`, which runs
+//! them a hop each (QEMU) or all in one hop (`--hops=min`).
 
 use std::sync::Arc;
 
@@ -16,6 +18,13 @@ use crate::fsdev::{
 };
 use crate::runtime::Co;
 use crate::server::V9fsState;
+
+mod steps;
+
+pub(crate) use steps::{
+    co_attach_root, co_getattr, co_lopen, co_open2_iounit, co_read_file, co_setattr, co_stat_v9,
+    co_unlinkat_name, co_write_file, co_xattrwalk, Opened, SetAttr,
+};
 
 /// An open handle of either kind: what the handle-level co functions take.
 #[derive(Clone)]
@@ -52,8 +61,19 @@ impl Handle {
     }
 }
 
-/// One hop with no lock: cancellation check, then `job` on a worker.
-fn hop<T, F>(co: &Co, s: &V9fsState, job: F) -> FsResult<T>
+/// The rename lock a hop holds, for path-based drivers only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    /// Calls on handles.
+    None,
+    /// Calls by path: QEMU's `v9fs_path_read_lock`.
+    Read,
+    /// A create: `v9fs_co_open2` takes it for writing.
+    Write,
+}
+
+/// One hop: cancellation check, `lock`, then `job` on a worker.
+fn locked_hop<T, F>(co: &Co, s: &V9fsState, lock: Lock, job: F) -> FsResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
@@ -61,8 +81,19 @@ where
     if co.is_cancelled() {
         return Err(Errno::EINTR);
     }
+    let _read = (lock == Lock::Read).then(|| s.path_read_lock(co));
+    let _write = (lock == Lock::Write && s.is_path_based()).then(|| s.rename_lock.write(co));
     let ops = Arc::clone(&s.export.ops);
     co.run_in_worker(move || job(&*ops))
+}
+
+/// One hop with no lock.
+fn hop<T, F>(co: &Co, s: &V9fsState, job: F) -> FsResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
+{
+    locked_hop(co, s, Lock::None, job)
 }
 
 /// One hop under the rename read lock (path-based drivers).
@@ -71,12 +102,7 @@ where
     T: Send + 'static,
     F: FnOnce(&dyn FileOperations) -> FsResult<T> + Send + 'static,
 {
-    if co.is_cancelled() {
-        return Err(Errno::EINTR);
-    }
-    let _lock = s.path_read_lock(co);
-    let ops = Arc::clone(&s.export.ops);
-    co.run_in_worker(move || job(&*ops))
+    locked_hop(co, s, Lock::Read, job)
 }
 
 // ---- cofs.c -------------------------------------------------------------
@@ -219,18 +245,6 @@ pub(crate) fn co_remove(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<()>
     path_hop(co, s, move |ops| ops.remove(&path))
 }
 
-/// `v9fs_co_unlinkat`.
-pub(crate) fn co_unlinkat(
-    co: &Co,
-    s: &V9fsState,
-    dir: &V9fsPath,
-    name: &[u8],
-    flags: i32,
-) -> FsResult<()> {
-    let (dir, name) = (dir.clone(), name.to_vec());
-    path_hop(co, s, move |ops| ops.unlinkat(&dir, &name, flags))
-}
-
 /// `v9fs_co_rename`; the caller holds the rename write lock.
 pub(crate) fn co_rename(co: &Co, s: &V9fsState, old: &V9fsPath, new: &V9fsPath) -> FsResult<()> {
     let (old, new) = (old.clone(), new.clone());
@@ -270,18 +284,6 @@ pub(crate) fn co_name_to_path(
     hop(co, s, move |ops| ops.name_to_path(dir.as_ref(), &name))
 }
 
-/// `v9fs_co_st_gen`: 0 with no hop when the driver has no generations.
-pub(crate) fn co_st_gen(co: &Co, s: &V9fsState, path: &V9fsPath, mode: u32) -> FsResult<u64> {
-    if !s.export.ops.has_st_gen() {
-        if co.is_cancelled() {
-            return Err(Errno::EINTR);
-        }
-        return Ok(0);
-    }
-    let path = path.clone();
-    path_hop(co, s, move |ops| ops.get_st_gen(&path, mode))
-}
-
 // ---- cofile.c -----------------------------------------------------------
 
 /// `v9fs_co_open`; past the open-fd high-water mark, reclaims (a hop).
@@ -305,36 +307,6 @@ fn opened(co: &Co, s: &V9fsState) {
     if s.export.fds.opened() {
         s.reclaim_fd(co);
     }
-}
-
-/// `v9fs_co_open2`: create, open, and look up the new file in one hop,
-/// under the rename write lock. The new path and stat come back with the
-/// handle.
-pub(crate) fn co_open2(
-    co: &Co,
-    s: &V9fsState,
-    dir: &V9fsPath,
-    name: &[u8],
-    flags: i32,
-    cred: FsCred,
-) -> FsResult<(FileHandle, V9fsPath, FileStat)> {
-    if co.is_cancelled() {
-        return Err(Errno::EINTR);
-    }
-    let _lock = s.is_path_based().then(|| s.rename_lock.write(co));
-    let (dir, name) = (dir.clone(), name.to_vec());
-    let ctx = s.ctx.clone();
-    let ops = Arc::clone(&s.export.ops);
-    let r = co.run_in_worker(move || {
-        let h = ops.open2(&dir, &name, flags, &cred, &ctx)?;
-        // On failure the handle is dropped here, closing the file.
-        let path = ops.name_to_path(Some(&dir), &name)?;
-        let st = ops.lstat(&path)?;
-        Ok((h, path, st))
-    })?;
-    drop(_lock);
-    opened(co, s);
-    Ok(r)
 }
 
 /// `v9fs_co_close`: the handle is dropped (closed) on a worker.
@@ -407,36 +379,6 @@ pub(crate) fn co_unopened_handle_op(
 ) -> FsResult<()> {
     let r = if s.is_path_based() { on_local } else { Ok(()) };
     hop(co, s, move |_| r)
-}
-
-/// `v9fs_co_preadv`: up to `len` bytes at `offset`.
-pub(crate) fn co_preadv(
-    co: &Co,
-    s: &V9fsState,
-    file: &FileHandle,
-    len: usize,
-    offset: u64,
-) -> FsResult<Vec<u8>> {
-    let file = Arc::clone(file);
-    hop(co, s, move |_| {
-        let mut buf = vec![0u8; len];
-        let n = file.preadv(&mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
-    })
-}
-
-/// `v9fs_co_pwritev`: `data[from..]` at `offset`.
-pub(crate) fn co_pwritev(
-    co: &Co,
-    s: &V9fsState,
-    file: &FileHandle,
-    data: &Arc<Vec<u8>>,
-    from: usize,
-    offset: u64,
-) -> FsResult<usize> {
-    let (file, data) = (Arc::clone(file), Arc::clone(data));
-    hop(co, s, move |_| file.pwritev(&data[from..], offset))
 }
 
 // ---- codir.c ------------------------------------------------------------
@@ -555,46 +497,6 @@ pub(crate) fn c_name(name: &[u8]) -> &[u8] {
 }
 
 // ---- coxattr.c ----------------------------------------------------------
-
-/// `v9fs_co_llistxattr` with no buffer: the list's size.
-pub(crate) fn co_llistxattr_size(co: &Co, s: &V9fsState, path: &V9fsPath) -> FsResult<usize> {
-    let path = path.clone();
-    path_hop(co, s, move |ops| ops.llistxattr_size(&path))
-}
-
-/// `v9fs_co_llistxattr` into `size` bytes.
-pub(crate) fn co_llistxattr(
-    co: &Co,
-    s: &V9fsState,
-    path: &V9fsPath,
-    size: usize,
-) -> FsResult<Vec<u8>> {
-    let path = path.clone();
-    path_hop(co, s, move |ops| ops.llistxattr(&path, size))
-}
-
-/// `v9fs_co_lgetxattr` with no buffer: the value's size.
-pub(crate) fn co_lgetxattr_size(
-    co: &Co,
-    s: &V9fsState,
-    path: &V9fsPath,
-    name: &[u8],
-) -> FsResult<usize> {
-    let (path, name) = (path.clone(), name.to_vec());
-    path_hop(co, s, move |ops| ops.lgetxattr_size(&path, &name))
-}
-
-/// `v9fs_co_lgetxattr` into `size` bytes.
-pub(crate) fn co_lgetxattr(
-    co: &Co,
-    s: &V9fsState,
-    path: &V9fsPath,
-    name: &[u8],
-    size: usize,
-) -> FsResult<Vec<u8>> {
-    let (path, name) = (path.clone(), name.to_vec());
-    path_hop(co, s, move |ops| ops.lgetxattr(&path, &name, size))
-}
 
 /// `v9fs_co_lsetxattr`.
 pub(crate) fn co_lsetxattr(

@@ -7,10 +7,10 @@ use nix::errno::Errno;
 use super::fid::FidRef;
 use super::session::with_fid;
 use super::{iounit_for, HandlerResult, Pdu, V9fsState};
-use crate::co::{self, Handle};
+use crate::co::{self, Handle, SetAttr};
 use crate::fsdev::{FileStat, Timespec, V9fsPath};
 use crate::protocol::{
-    Fid, P9Str, Reader, Rgetattr, Rsetattr, Rstat, Rstatfs, Rwstat, Stat, Tgetattr, Tsetattr,
+    Fid, P9Str, Qid, Reader, Rgetattr, Rsetattr, Rstat, Rstatfs, Rwstat, Stat, Tgetattr, Tsetattr,
     Tstat, Tstatfs, Wire, IOHDRSZ,
 };
 use crate::runtime::Co;
@@ -77,24 +77,20 @@ pub(crate) fn v9fs_getattr(
         // An open file is stat'ed through its handle, so that an unlinked
         // but open file still answers. 7.2.0 went by path; the 7.2 stable
         // branch (7.2.16, what Debian ships) has master's fix.
-        let st = match valid_handle(s, fidp) {
-            Some(h) => co::co_fstat(co, s, &h)?,
-            None => co::co_lstat(co, s, &path)?,
-        };
-        let qid = s.stat_to_qid(&st)?;
+        let handle = valid_handle(s, fidp);
+        let want_gen = m.request_mask & P9_STATS_GEN != 0;
+        let (st, qid, got_gen) = co::co_getattr(co, s, handle, &path, want_gen)?;
         let mut valid = P9_STATS_BASIC;
         let mut gen = 0;
-        if m.request_mask & P9_STATS_GEN != 0 {
-            // A driver without generations answers 0 without a hop, and that
-            // counts as success: GEN is valid.
-            match co::co_st_gen(co, s, &path, st.mode) {
-                Ok(g) => {
-                    gen = g;
-                    valid |= P9_STATS_GEN;
-                }
-                Err(Errno::EINTR) => return Err(Errno::EINTR),
-                Err(_) => {}
+        // A driver without generations answers 0, and that counts as
+        // success: GEN is valid.
+        match got_gen {
+            Some(Ok(g)) => {
+                gen = g;
+                valid |= P9_STATS_GEN;
             }
+            Some(Err(Errno::EINTR)) => return Err(Errno::EINTR),
+            _ => {}
         }
         Ok(Rgetattr {
             valid,
@@ -138,51 +134,44 @@ pub(crate) fn v9fs_setattr(
             Compat::V7_2 => None,
         };
         let v = m.valid;
-        if v & P9_ATTR_MODE != 0 {
-            co::co_chmod(co, s, &path, m.mode)?;
-        }
-        if v & (P9_ATTR_ATIME | P9_ATTR_MTIME) != 0 {
-            let time = |bit, set, sec, nsec| {
-                if v & bit == 0 {
-                    Timespec {
-                        sec: 0,
-                        nsec: libc::UTIME_OMIT,
-                    }
-                } else if v & set != 0 {
-                    Timespec {
-                        sec: sec as i64,
-                        nsec: nsec as i64,
-                    }
-                } else {
-                    Timespec {
-                        sec: 0,
-                        nsec: libc::UTIME_NOW,
-                    }
+        let time = |bit, set, sec, nsec| {
+            if v & bit == 0 {
+                Timespec {
+                    sec: 0,
+                    nsec: libc::UTIME_OMIT,
                 }
-            };
-            let times = [
-                time(P9_ATTR_ATIME, P9_ATTR_ATIME_SET, m.atime_sec, m.atime_nsec),
-                time(P9_ATTR_MTIME, P9_ATTR_MTIME_SET, m.mtime_sec, m.mtime_nsec),
-            ];
-            match &handle {
-                Some(h) => co::co_futimens(co, s, h, times)?,
-                None => co::co_utimensat(co, s, &path, times)?,
+            } else if v & set != 0 {
+                Timespec {
+                    sec: sec as i64,
+                    nsec: nsec as i64,
+                }
+            } else {
+                Timespec {
+                    sec: 0,
+                    nsec: libc::UTIME_NOW,
+                }
             }
-        }
+        };
         // chown(-1, -1) when ctime is the only change: it touches ctime.
-        if v & (P9_ATTR_UID | P9_ATTR_GID) != 0
-            || (v & P9_ATTR_CTIME != 0 && (v & P9_ATTR_MASK) & !P9_ATTR_CTIME == 0)
-        {
-            let uid = (v & P9_ATTR_UID != 0).then_some(m.uid);
-            let gid = (v & P9_ATTR_GID != 0).then_some(m.gid);
-            co::co_chown(co, s, &path, uid, gid)?;
-        }
-        if v & P9_ATTR_SIZE != 0 {
-            match &handle {
-                Some(h) => co::co_ftruncate(co, s, h, m.size)?,
-                None => co::co_truncate(co, s, &path, m.size)?,
-            }
-        }
+        let chown = v & (P9_ATTR_UID | P9_ATTR_GID) != 0
+            || (v & P9_ATTR_CTIME != 0 && (v & P9_ATTR_MASK) & !P9_ATTR_CTIME == 0);
+        let change = SetAttr {
+            mode: (v & P9_ATTR_MODE != 0).then_some(m.mode),
+            times: (v & (P9_ATTR_ATIME | P9_ATTR_MTIME) != 0).then(|| {
+                [
+                    time(P9_ATTR_ATIME, P9_ATTR_ATIME_SET, m.atime_sec, m.atime_nsec),
+                    time(P9_ATTR_MTIME, P9_ATTR_MTIME_SET, m.mtime_sec, m.mtime_nsec),
+                ]
+            }),
+            owner: chown.then(|| {
+                (
+                    (v & P9_ATTR_UID != 0).then_some(m.uid),
+                    (v & P9_ATTR_GID != 0).then_some(m.gid),
+                )
+            }),
+            size: (v & P9_ATTR_SIZE != 0).then_some(m.size),
+        };
+        co::co_setattr(co, s, handle, &path, change)?;
         Ok(Rsetattr {}.into())
     })
 }
@@ -244,8 +233,19 @@ pub(crate) fn stat_to_v9stat(
     st: &FileStat,
 ) -> Result<Stat, Errno> {
     let qid = s.stat_to_qid(st)?;
+    let target = if st.file_type() == libc::S_IFLNK {
+        co::co_readlink(co, s, path)?
+    } else {
+        Vec::new()
+    };
+    Ok(v9stat(st, qid, name, target))
+}
+
+/// The 9P2000.u stat of `st` named `name`, with its qid and, for a
+/// symlink, its target.
+fn v9stat(st: &FileStat, qid: Qid, name: &[u8], target: Vec<u8>) -> Stat {
     let extension = match st.file_type() {
-        libc::S_IFLNK => co::co_readlink(co, s, path)?,
+        libc::S_IFLNK => target,
         libc::S_IFCHR | libc::S_IFBLK => {
             let kind = if st.file_type() == libc::S_IFCHR {
                 'c'
@@ -257,7 +257,7 @@ pub(crate) fn stat_to_v9stat(
         libc::S_IFDIR | libc::S_IFREG => format!("HARDLINKCOUNT {}", st.nlink).into_bytes(),
         _ => Vec::new(),
     };
-    Ok(Stat {
+    Stat {
         qid,
         mode: stat_to_v9mode(st),
         atime: st.atime.sec as u32,
@@ -269,7 +269,7 @@ pub(crate) fn stat_to_v9stat(
         n_gid: st.gid,
         ..Stat::default()
     }
-    .fit_size())
+    .fit_size()
 }
 
 /// The open handle Tstat and Twstat use with `dotu_handles=on` (beyond
@@ -290,13 +290,13 @@ pub(crate) fn v9fs_stat(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) 
         // dotu_handles=on an open file is stat'ed through its handle, as
         // Tgetattr does.
         let handle = dotu_handle(s, fidp);
-        let st = match handle {
-            Some(h) => co::co_fstat(co, s, &h)?,
-            None => co::co_lstat(co, s, &path)?,
-        };
+        let (st, qid, target) = co::co_stat_v9(co, s, handle, &path)?;
         let name = s.export.ops.basename(&path);
-        let stat = stat_to_v9stat(co, s, &path, &name, &st)?;
-        Ok(Rstat { size: 0, stat }.into())
+        Ok(Rstat {
+            size: 0,
+            stat: v9stat(&st, qid, &name, target),
+        }
+        .into())
     })
 }
 

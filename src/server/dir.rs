@@ -373,9 +373,7 @@ pub(crate) fn v9fs_unlinkat(
     };
     with_fid(co, s, m.dirfd, Errno::EINVAL, |dfidp| {
         let dir = dfidp.borrow().path.clone();
-        let path = co::co_name_to_path(co, s, Some(&dir), name)?;
-        s.mark_fids_unreclaim(co, &path)?;
-        co::co_unlinkat(co, s, &dir, name, flags)?;
+        co::co_unlinkat_name(co, s, &dir, name, flags)?;
         Ok(Runlinkat {}.into())
     })
 }

@@ -11,7 +11,7 @@ use crate::fsdev::local::{LocalFs, LocalModel, DEFAULT_DMODE, DEFAULT_FMODE};
 use crate::fsdev::synth::SynthFs;
 use crate::fsdev::{Errno, ExportFlags, FileOperations};
 use crate::protocol::MIN_MSIZE;
-use crate::Compat;
+use crate::{Compat, Hops};
 
 /// `security_model=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +108,9 @@ pub struct ExportOptions {
     /// [`SOCKET_MAX_MSIZE_DEFAULT`], the C ABI its transport's own
     /// `msize_limit`.
     pub max_msize: Option<u32>,
+    /// `--hops` (beyond QEMU, default [`Hops::Qemu`]): not an `-fsdev`
+    /// key; the command line sets it.
+    pub hops: Hops,
 }
 
 const FSDEV_KEYS: &[&str] = &[
@@ -227,6 +230,7 @@ impl ExportOptions {
             max_xattr_size: XATTR_SIZE_MAX,
             max_pdus: crate::server::MAX_REQ,
             max_msize: None,
+            hops: Hops::default(),
         };
         let mut path = None;
         let mut model = None;

@@ -220,6 +220,16 @@ impl V9fsState {
             .collect()
     }
 
+    /// Whether some fid's handle was reclaimed (closed, to reopen on use).
+    pub(crate) fn has_reclaimed_fids(&self) -> bool {
+        self.fids.borrow().values().any(|f| {
+            matches!(
+                f.borrow().open,
+                OpenState::File(None) | OpenState::Dir(None)
+            )
+        })
+    }
+
     /// `v9fs_mark_fids_unreclaim`: every fid on `path` must keep its handle
     /// (the file is about to be unlinked and could not be reopened): mark
     /// them, and reopen those already reclaimed.

@@ -14,9 +14,9 @@ use super::dir::check_name;
 use super::fid::{FidRef, OpenState, FID_NON_RECLAIMABLE};
 use super::lock;
 use super::session::with_fid;
-use super::{FidType, HandlerResult, Locks, Pdu, V9fsState};
-use crate::co::{self, c_name};
-use crate::fsdev::{FsCred, V9fsPath};
+use super::{iounit_for, FidType, HandlerResult, Locks, Pdu, V9fsState};
+use crate::co::{self, c_name, Opened};
+use crate::fsdev::{FileHandle, FsCred, V9fsPath};
 use crate::protocol::{
     Data, Dialect, Fid, Msg, Rcreate, Rfsync, Rgetlock, Rlcreate, Rlock, Rlopen, Rread, Rwrite,
     Tcreate, Tfsync, Tgetlock, Tlcreate, Tlock, Topen, Tread, Twrite, Wire, Writer,
@@ -107,32 +107,37 @@ pub(crate) fn v9fs_open(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) 
             return Err(Errno::EINVAL);
         }
         let path = fidp.borrow().path.clone();
-        let st = co::co_lstat(co, s, &path)?;
-        let qid = s.stat_to_qid(&st)?;
-        if st.is_dir() {
-            let d = co::co_opendir(co, s, &path)?;
-            fidp.borrow_mut().open = OpenState::Dir(Some(d));
-            return Ok(Rlopen { qid, iounit: 0 }.into());
-        }
         // Master checks the host flags. 7.2 checked the raw mode instead,
         // which let a 9P2000.u Otrunc through (CVE-2026-63318): under 7.2
         // both checks apply, so the fix stays.
-        let refused = writes(flags) || (s.compat() == Compat::V7_2 && writes(raw));
-        if s.export.readonly && refused {
-            return Err(Errno::EROFS);
-        }
-        let h = co::co_open(co, s, &path, flags)?;
-        {
-            let mut f = fidp.borrow_mut();
-            f.open = OpenState::File(Some(h));
-            f.open_flags = flags;
-            if flags & libc::O_EXCL != 0 {
-                f.flags |= FID_NON_RECLAIMABLE;
+        let refused =
+            s.export.readonly && (writes(flags) || (s.compat() == Compat::V7_2 && writes(raw)));
+        let (qid, opened) = co::co_lopen(co, s, &path, flags, refused, &mut |h| {
+            open_file_fid(fidp, h, flags)
+        })?;
+        match opened {
+            Opened::Dir(d) => {
+                fidp.borrow_mut().open = OpenState::Dir(Some(d));
+                Ok(Rlopen { qid, iounit: 0 }.into())
             }
+            Opened::File(_, bsize) => Ok(Rlopen {
+                qid,
+                iounit: iounit_for(s.msize.get(), bsize),
+            }
+            .into()),
         }
-        let iounit = get_iounit(co, s, &path);
-        Ok(Rlopen { qid, iounit }.into())
     })
+}
+
+/// The fid becomes the open file `h`, opened with `flags`; an O_EXCL
+/// open is never reclaimed (it could not be reopened).
+fn open_file_fid(fidp: &FidRef, h: &FileHandle, flags: i32) {
+    let mut f = fidp.borrow_mut();
+    f.open = OpenState::File(Some(Arc::clone(h)));
+    f.open_flags = flags;
+    if flags & libc::O_EXCL != 0 {
+        f.flags |= FID_NON_RECLAIMABLE;
+    }
 }
 
 /// `v9fs_lcreate`: the directory fid itself becomes the new, open file.
@@ -160,17 +165,19 @@ pub(crate) fn v9fs_lcreate(
             mode: m.mode & 0o7777,
             rdev: 0,
         };
-        let (h, path, st) = co::co_open2(co, s, &dir, name, flags | libc::O_CREAT, cred)?;
-        {
-            let mut f = fidp.borrow_mut();
-            f.path = path.clone();
-            f.open = OpenState::File(Some(h));
-            f.open_flags = flags;
-            if flags & libc::O_EXCL != 0 {
-                f.flags |= FID_NON_RECLAIMABLE;
-            }
-        }
-        let iounit = get_iounit(co, s, &path);
+        let (st, bsize) = co::co_open2_iounit(
+            co,
+            s,
+            &dir,
+            name,
+            flags | libc::O_CREAT,
+            cred,
+            &mut |h, path| {
+                fidp.borrow_mut().path = path.clone();
+                open_file_fid(fidp, h, flags);
+            },
+        )?;
+        let iounit = iounit_for(s.msize.get(), bsize);
         Ok(Rlcreate {
             qid: s.stat_to_qid(&st)?,
             iounit,
@@ -233,24 +240,7 @@ pub(crate) fn v9fs_read(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]) 
 
 fn read_file(co: &Co, s: &V9fsState, fidp: &FidRef, offset: u64, max: usize) -> HandlerResult {
     let h = fidp.borrow().file().ok_or(Errno::EINVAL)?;
-    let mut data = Vec::new();
-    let mut off = offset;
-    loop {
-        // Retried on EINTR unless cancelled; any other error loses what was
-        // read before, as in QEMU.
-        let chunk = loop {
-            match co::co_preadv(co, s, &h, max - data.len(), off) {
-                Err(Errno::EINTR) if !co.is_cancelled() => continue,
-                r => break r?,
-            }
-        };
-        let n = chunk.len();
-        off += n as u64;
-        data.extend_from_slice(&chunk);
-        if data.len() >= max || n == 0 {
-            break;
-        }
-    }
+    let data = co::co_read_file(co, s, &h, offset, max)?;
     Ok(Rread { data: Data(data) }.into())
 }
 
@@ -307,22 +297,7 @@ pub(crate) fn v9fs_write(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8])
         match ty {
             FidType::File => {
                 let h = fidp.borrow().file().ok_or(Errno::EINVAL)?;
-                let data = Arc::new(m.data.0);
-                let mut total = 0usize;
-                let mut off = m.offset;
-                loop {
-                    let n = loop {
-                        match co::co_pwritev(co, s, &h, &data, total, off) {
-                            Err(Errno::EINTR) if !co.is_cancelled() => continue,
-                            r => break r?,
-                        }
-                    };
-                    off += n as u64;
-                    total += n;
-                    if total >= data.len() || n == 0 {
-                        break;
-                    }
-                }
+                let total = co::co_write_file(co, s, &h, m.data.0, m.offset)?;
                 Ok(Rwrite {
                     count: total as u32,
                 }
@@ -456,6 +431,9 @@ pub(crate) fn v9fs_create(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]
             mode,
             rdev,
         };
+        // The file branch has its block size already (min mode: from the
+        // same hop); the others ask for it at the end, as QEMU.
+        let mut bsize = None;
         let st = if perm & P9_STAT_MODE_DIR != 0 {
             let (path, st) = co::co_mkdir(co, s, &dir, name, cred(perm & 0o777, 0))?;
             move_fid(co, s, fidp, path.clone());
@@ -496,18 +474,21 @@ pub(crate) fn v9fs_create(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]
             st
         } else {
             let flags = omode_to_uflags(m.mode) | libc::O_CREAT;
-            let (h, path, st) = co::co_open2(co, s, &dir, name, flags, cred(perm & 0o777, 0))?;
-            let mut f = fidp.borrow_mut();
-            f.path = path;
-            f.open = OpenState::File(Some(h));
-            f.open_flags = flags & !libc::O_CREAT;
-            if flags & libc::O_EXCL != 0 {
-                f.flags |= FID_NON_RECLAIMABLE;
-            }
+            let cred = cred(perm & 0o777, 0);
+            let (st, b) = co::co_open2_iounit(co, s, &dir, name, flags, cred, &mut |h, path| {
+                fidp.borrow_mut().path = path.clone();
+                open_file_fid(fidp, h, flags & !libc::O_CREAT);
+            })?;
+            bsize = Some(b);
             st
         };
-        let path = fidp.borrow().path.clone();
-        let iounit = get_iounit(co, s, &path);
+        let iounit = match bsize {
+            Some(b) => iounit_for(s.msize.get(), b),
+            None => {
+                let path = fidp.borrow().path.clone();
+                get_iounit(co, s, &path)
+            }
+        };
         Ok(Rcreate {
             qid: s.stat_to_qid(&st)?,
             iounit,

@@ -23,6 +23,7 @@ pub use export::{
     Export, ExportOptions, FsDriver, Locks, SecurityModel, SOCKET_MAX_MSIZE_DEFAULT, XATTR_SIZE_MAX,
 };
 pub use fid::{FidState, FidType};
+pub(crate) use qid::QidCheck;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -41,7 +42,7 @@ use crate::runtime::{
     CancelFlag, Co, CoQueue, CoRwLock, CoRwLockReadGuard, Handle, Task, TaskId, TaskOpts,
 };
 use crate::transport::Transport;
-use crate::Compat;
+use crate::{Compat, Hops};
 
 use fid::FidRef;
 use qid::QidMaps;
@@ -272,6 +273,10 @@ impl V9fsState {
 
     pub(crate) fn compat(&self) -> Compat {
         self.export.compat
+    }
+
+    pub(crate) fn hops(&self) -> Hops {
+        self.export.options.hops
     }
 
     /// Whether the driver is path-based (local): the rename lock is used and

@@ -108,7 +108,36 @@ fn log_once(done: &mut bool, msg: &str) {
     }
 }
 
+/// The one failure of `stat_to_qid` that needs no main-thread state:
+/// `multidevs=forbid` refusing a file of another device. A min-mode hop
+/// checks it on the worker so that it stops where QEMU's next hop would
+/// not have started.
+#[derive(Clone, Copy)]
+pub(crate) struct QidCheck {
+    flags: ExportFlags,
+    root_dev: u64,
+}
+
+impl QidCheck {
+    /// Whether `st` is refused (ENODEV); `stat_to_qid` logs why.
+    pub(crate) fn check(&self, st: &FileStat) -> Result<(), Errno> {
+        let forbid = !self.flags.has(ExportFlags::REMAP_INODES)
+            && self.flags.has(ExportFlags::FORBID_MULTIDEVS);
+        if forbid && st.dev != self.root_dev {
+            return Err(Errno::ENODEV);
+        }
+        Ok(())
+    }
+}
+
 impl V9fsState {
+    pub(crate) fn qid_check(&self) -> QidCheck {
+        QidCheck {
+            flags: self.export_flags(),
+            root_dev: self.qids.borrow().root_dev,
+        }
+    }
+
     /// `stat_to_qid`: type from the file type, version from mtime and size,
     /// path by the export's multidevs mode.
     pub(crate) fn stat_to_qid(&self, st: &FileStat) -> Result<Qid, Errno> {
@@ -120,9 +149,10 @@ impl V9fsState {
                 r => r?,
             }
         } else {
+            let refused = self.qid_check().check(st).is_err();
             let mut maps = self.qids.borrow_mut();
             if st.dev != maps.root_dev {
-                if flags.has(ExportFlags::FORBID_MULTIDEVS) {
+                if refused {
                     log_once(
                         &mut maps.warned,
                         "9p: Multiple devices detected in same VirtFS export, which might \

@@ -94,8 +94,7 @@ pub(crate) fn v9fs_attach(co: &Co, s: &Rc<V9fsState>, pdu: &Rc<Pdu>, body: &[u8]
     let m: Tattach = s.unmarshal(pdu, body)?;
     let fidp = s.alloc_fid(m.fid)?;
     fidp.borrow_mut().uid = m.n_uname;
-    let root = co::co_name_to_path(co, s, None, b"/").and_then(|path| {
-        let st = co::co_lstat(co, s, &path)?;
+    let root = co::co_attach_root(co, s).and_then(|(path, st)| {
         let qid = s.stat_to_qid(&st)?;
         Ok((path, st, qid))
     });

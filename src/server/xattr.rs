@@ -1,6 +1,8 @@
 //! Extended attributes: Txattrwalk, Txattrcreate, and the commit at Tclunk.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
@@ -18,8 +20,12 @@ const P9_XATTR_FLAGS: u32 = 0x1 | 0x2;
 
 /// The xattr-fid limit (`max_xattr`, master only): ENOSPC at the limit.
 fn check_xattr_limit(s: &V9fsState) -> Result<(), Errno> {
-    let limit = s.export.max_xattr;
-    if s.compat() == Compat::Master && limit > 0 && s.xattr_fid_count() >= limit {
+    xattr_limit(s.compat(), s.export.max_xattr, s.xattr_fid_count())
+}
+
+/// [`check_xattr_limit`] on values, which a worker can check too.
+fn xattr_limit(compat: Compat, limit: u64, count: u64) -> Result<(), Errno> {
+    if compat == Compat::Master && limit > 0 && count >= limit {
         log::warn!("9p: xattr_fid_count limit exceeded (configurable by option 'max_xattr')");
         return Err(Errno::ENOSPC);
     }
@@ -39,34 +45,32 @@ pub(crate) fn v9fs_xattrwalk(
         let newfidp = s.alloc_fid(m.newfid)?;
         let path = fidp.borrow().path.clone();
         newfidp.borrow_mut().path = path.clone();
-        let list = m.name.0.is_empty();
-        let name = m.name.c_str();
+        // An empty name asks for the list of names.
+        let name = (!m.name.0.is_empty()).then(|| m.name.c_str().to_vec());
         let result = (|| {
-            let size = if list {
-                co::co_llistxattr_size(co, s, &path)?
-            } else {
-                co::co_lgetxattr_size(co, s, &path, name)?
+            let mut make_fid = |size: usize| {
+                // The snapshot is held until Tclunk: no more than
+                // max_xattr_size per fid. E2BIG is what getxattr(2) says of
+                // a value too large to hand out; with the default the
+                // host's own cap is the same.
+                if size as u64 > s.export.options.max_xattr_size as u64 {
+                    return Err(Errno::E2BIG);
+                }
+                check_xattr_limit(s)?;
+                newfidp.borrow_mut().open = OpenState::Xattr(Box::new(XattrState {
+                    len: size as u64,
+                    value: vec![0; size],
+                    walk: true,
+                    ..XattrState::default()
+                }));
+                s.set_xattr_fid_count(s.xattr_fid_count() + 1);
+                Ok(())
             };
-            // The snapshot is held until Tclunk: no more than max_xattr_size
-            // per fid. E2BIG is what getxattr(2) says of a value too large
-            // to hand out; with the default the host's own cap is the same.
-            if size as u64 > s.export.options.max_xattr_size as u64 {
-                return Err(Errno::E2BIG);
-            }
-            check_xattr_limit(s)?;
-            newfidp.borrow_mut().open = OpenState::Xattr(Box::new(XattrState {
-                len: size as u64,
-                value: vec![0; size],
-                walk: true,
-                ..XattrState::default()
-            }));
-            s.set_xattr_fid_count(s.xattr_fid_count() + 1);
+            let (compat, limit) = (s.compat(), s.export.max_xattr);
+            let count = Arc::clone(&s.ctx.xattr_fid_count);
+            let reached = move || xattr_limit(compat, limit, count.load(Ordering::Relaxed));
+            let (size, value) = co::co_xattrwalk(co, s, &path, name, &mut make_fid, reached)?;
             if size > 0 {
-                let value = if list {
-                    co::co_llistxattr(co, s, &path, size)?
-                } else {
-                    co::co_lgetxattr(co, s, &path, name, size)?
-                };
                 if let OpenState::Xattr(x) = &mut newfidp.borrow_mut().open {
                     let n = value.len().min(x.value.len());
                     x.value[..n].copy_from_slice(&value[..n]);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use coro9p::runtime::{Executor, HopKind, RuntimeConfig};
 use coro9p::server::{Export, ExportOptions};
 use coro9p::transport::socket::{listen, ListenAddr};
-use coro9p::Compat;
+use coro9p::{Compat, Hops};
 
 /// Little-endian builder: `b` u8, `w` u16, `d` u32, `q` u64, `s` string,
 /// `Q` qid (type, version, path), `x` raw bytes.
@@ -128,6 +128,15 @@ impl TestServer {
 
     /// As `start`, with fd-reclaim thresholds for a soft limit of `soft`.
     pub fn start_with_fd_limit(fsdev: &str, compat: Compat, soft: Option<usize>) -> TestServer {
+        TestServer::start_full(fsdev, compat, soft, Hops::Qemu)
+    }
+
+    /// As `start`, in `--hops` mode `hops`.
+    pub fn start_with_hops(fsdev: &str, compat: Compat, hops: Hops) -> TestServer {
+        TestServer::start_full(fsdev, compat, None, hops)
+    }
+
+    fn start_full(fsdev: &str, compat: Compat, soft: Option<usize>, hops: Hops) -> TestServer {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path =
             std::env::temp_dir().join(format!("coro9p-test-{}-{n}.sock", std::process::id()));
@@ -135,7 +144,8 @@ impl TestServer {
         let (ready_tx, ready_rx) = mpsc::channel();
         let fsdev = fsdev.to_string();
         let sock = path.clone();
-        let thread = thread::spawn(move || serve(&fsdev, compat, soft, &sock, stop_rx, ready_tx));
+        let thread =
+            thread::spawn(move || serve(&fsdev, compat, soft, hops, &sock, stop_rx, ready_tx));
         ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server did not start");
@@ -163,6 +173,7 @@ fn serve(
     fsdev: &str,
     compat: Compat,
     soft: Option<usize>,
+    hops: Hops,
     path: &std::path::Path,
     stop_rx: UnixStream,
     ready: mpsc::Sender<()>,
@@ -172,8 +183,9 @@ fn serve(
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let export =
-        Export::open_with_fd_limit(ExportOptions::parse(fsdev).unwrap(), compat, soft).unwrap();
+    let mut options = ExportOptions::parse(fsdev).unwrap();
+    options.hops = hops;
+    let export = Export::open_with_fd_limit(options, compat, soft).unwrap();
     let listener = listen(
         &exec,
         Rc::clone(&export),
