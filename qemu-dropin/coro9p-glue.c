@@ -41,6 +41,10 @@ typedef struct Coro9pGlue {
     /* coro9p's PDU behind QEMU's s->pdus[i]. */
     coro9p_pdu *pdus[MAX_REQ];
     int fd;
+    /* Set while unrealize destroys the server: the device has already
+     * deleted its virtqueue, so requests still in flight end without
+     * touching it. */
+    bool gone;
 } Coro9pGlue;
 
 static Coro9pGlue *glue_of(V9fsState *s)
@@ -60,14 +64,25 @@ static V9fsPDU *qemu_pdu(coro9p_pdu *cp)
     return pdu;
 }
 
+/* QEMU's PDU for coro9p's, or NULL once the device is gone. */
+static V9fsPDU *live_pdu(coro9p_pdu *cp)
+{
+    V9fsPDU *pdu = qemu_pdu(cp);
+
+    return glue_of(pdu->s)->gone ? NULL : pdu;
+}
+
 /* ---- coro9p's callbacks, through the device's V9fsTransport ------------ */
 
 static ssize_t glue_marshal(coro9p_pdu *cp, size_t offset, const void *buf, size_t len)
 {
-    V9fsPDU *pdu = qemu_pdu(cp);
+    V9fsPDU *pdu = live_pdu(cp);
     struct iovec *iov;
     unsigned int niov;
 
+    if (!pdu) {
+        return -ENOBUFS;
+    }
     /* Asking for offset + len makes the device raise its own virtio_error
      * when the guest's buffers are too small. */
     pdu->s->transport->init_in_iov_from_pdu(pdu, &iov, &niov, offset + len);
@@ -76,10 +91,13 @@ static ssize_t glue_marshal(coro9p_pdu *cp, size_t offset, const void *buf, size
 
 static ssize_t glue_unmarshal(coro9p_pdu *cp, size_t offset, void *buf, size_t len)
 {
-    V9fsPDU *pdu = qemu_pdu(cp);
+    V9fsPDU *pdu = live_pdu(cp);
     struct iovec *iov;
     unsigned int niov;
 
+    if (!pdu) {
+        return -ENOBUFS;
+    }
     pdu->s->transport->init_out_iov_from_pdu(pdu, &iov, &niov, offset + len);
     return iov_to_buf(iov, niov, offset, buf, len) == len ? len : -ENOBUFS;
 }
@@ -87,25 +105,38 @@ static ssize_t glue_unmarshal(coro9p_pdu *cp, size_t offset, void *buf, size_t l
 static void glue_init_in_iov(coro9p_pdu *cp, struct iovec **piov, unsigned int *pniov,
                              size_t size)
 {
-    V9fsPDU *pdu = qemu_pdu(cp);
+    V9fsPDU *pdu = live_pdu(cp);
 
+    if (!pdu) {
+        *piov = NULL;
+        *pniov = 0;
+        return;
+    }
     pdu->s->transport->init_in_iov_from_pdu(pdu, piov, pniov, size);
 }
 
 static void glue_init_out_iov(coro9p_pdu *cp, struct iovec **piov, unsigned int *pniov,
                               size_t size)
 {
-    V9fsPDU *pdu = qemu_pdu(cp);
+    V9fsPDU *pdu = live_pdu(cp);
 
+    if (!pdu) {
+        *piov = NULL;
+        *pniov = 0;
+        return;
+    }
     pdu->s->transport->init_out_iov_from_pdu(pdu, piov, pniov, size);
 }
 
 static void glue_push_and_notify(coro9p_pdu *cp)
 {
     V9fsPDU *pdu = qemu_pdu(cp);
+    Coro9pGlue *g = glue_of(pdu->s);
 
-    pdu->s->transport->push_and_notify(pdu);
-    glue_of(pdu->s)->pdus[cp->idx] = NULL;
+    if (!g->gone) {
+        pdu->s->transport->push_and_notify(pdu);
+    }
+    g->pdus[cp->idx] = NULL;
 }
 
 /* A request coro9p cannot decode breaks the device, as QEMU's own
@@ -115,6 +146,9 @@ static void glue_transport_error(void *opaque, const char *msg)
     Coro9pGlue *g = opaque;
     V9fsVirtioState *v = container_of(g->s, V9fsVirtioState, state);
 
+    if (g->gone) {
+        return;
+    }
     virtio_error(VIRTIO_DEVICE(v), "%s", msg);
 }
 
@@ -306,6 +340,9 @@ void v9fs_device_unrealize_common(V9fsState *s)
 
     if (g) {
         qemu_set_fd_handler(g->fd, NULL, NULL, NULL);
+        /* virtio-9p-device.c unrealizes its queue before calling here; a
+         * reset has normally drained every request already. */
+        g->gone = true;
         if (coro9p_destroy(g->srv) < 0) {
             error_report("9pfs: %s", coro9p_last_error());
         }
