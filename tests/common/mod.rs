@@ -408,15 +408,29 @@ pub fn temp_dir(tag: &str) -> TempDir {
     TempDir(dir)
 }
 
-/// Waits (up to 2 s) for a server to create its socket, then connects.
+/// Connects to a server's socket, waiting up to 2 s for it to listen: the
+/// socket file exists from bind(2), before listen(2), and a connect in
+/// between is refused.
 pub fn connect_when_ready(sock: &std::path::Path) -> Client {
-    for _ in 0..200 {
-        if sock.exists() {
-            break;
+    let mut tries = 0;
+    let s = loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) if tries < 200 => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ),
+                    "connect {}: {e}",
+                    sock.display()
+                );
+                tries += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("connect {}: {e}", sock.display()),
         }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let s = UnixStream::connect(sock).unwrap();
+    };
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     Client { s }
 }
