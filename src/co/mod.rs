@@ -13,8 +13,8 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use crate::fsdev::{
-    DirEnt, DirHandle, FileHandle, FileOperations, FileStat, FsCred, FsResult, StatFs, Timespec,
-    V9fsPath,
+    DirEnt, DirHandle, FileHandle, FileOperations, FileStat, FsCred, FsResult, LockConflict,
+    RecordLock, StatFs, Timespec, V9fsPath,
 };
 use crate::runtime::Co;
 use crate::server::V9fsState;
@@ -343,6 +343,31 @@ fn close_hop(co: &Co, s: &V9fsState, handles: Vec<Handle>) -> FsResult<()> {
 pub(crate) fn co_fsync(co: &Co, s: &V9fsState, h: &Handle, datasync: bool) -> FsResult<()> {
     let h = h.clone();
     hop(co, s, move |_| h.fsync(datasync))
+}
+
+/// `locks=posix` (beyond QEMU, whose Tlock never reaches the host): set or
+/// clear `owner`'s record lock on the open file, never waiting.
+pub(crate) fn co_setlk(
+    co: &Co,
+    s: &V9fsState,
+    h: &FileHandle,
+    owner: Vec<u8>,
+    lock: RecordLock,
+) -> FsResult<()> {
+    let h = Arc::clone(h);
+    hop(co, s, move |_| h.setlk(&owner, &lock))
+}
+
+/// `locks=posix`: the first lock of another owner in the way of `lock`.
+pub(crate) fn co_getlk(
+    co: &Co,
+    s: &V9fsState,
+    h: &FileHandle,
+    owner: Vec<u8>,
+    lock: RecordLock,
+) -> FsResult<Option<LockConflict>> {
+    let h = Arc::clone(h);
+    hop(co, s, move |_| h.getlk(&owner, &lock))
 }
 
 /// `v9fs_co_futimens`.

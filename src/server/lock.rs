@@ -16,6 +16,7 @@ use nix::errno::Errno;
 
 use super::fid::{FidRef, FID_NON_RECLAIMABLE};
 use super::{HandlerResult, V9fsState};
+use crate::co;
 use crate::fsdev::{FileHandle, LockConflict, RecordLock};
 use crate::protocol::{P9Str, Rgetlock, Rlock, Tgetlock, Tlock};
 use crate::runtime::Co;
@@ -85,18 +86,6 @@ fn lock_file(fidp: &FidRef, ty: i16) -> Result<FileHandle, Errno> {
     Ok(h)
 }
 
-/// One hop for a driver lock call.
-fn lock_hop<T, F>(co: &Co, job: F) -> Result<T, Errno>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, Errno> + Send + 'static,
-{
-    if co.is_cancelled() {
-        return Err(Errno::EINTR);
-    }
-    co.run_in_worker(job)
-}
-
 /// Tlock: set or clear the owner's lock, never waiting.
 pub(crate) fn posix_lock(co: &Co, s: &V9fsState, fidp: &FidRef, m: &Tlock) -> HandlerResult {
     let ty = host_type(m.ty)?;
@@ -107,7 +96,7 @@ pub(crate) fn posix_lock(co: &Co, s: &V9fsState, fidp: &FidRef, m: &Tlock) -> Ha
         len: m.length,
     };
     let who = owner(s, m.proc_id, &m.client_id);
-    let status = match lock_hop(co, move || h.setlk(&who, &lock)) {
+    let status = match co::co_setlk(co, s, &h, who, lock) {
         Ok(()) => {
             if ty != UNLCK {
                 fidp.borrow_mut().flags |= FID_NON_RECLAIMABLE;
@@ -142,8 +131,7 @@ pub(crate) fn posix_getlock(co: &Co, s: &V9fsState, fidp: &FidRef, m: Tgetlock) 
         len: m.length,
     };
     let who = owner(s, m.proc_id, &m.client_id);
-    let Some(LockConflict { lock, owner, pid }) = lock_hop(co, move || h.getlk(&who, &lock))?
-    else {
+    let Some(LockConflict { lock, owner, pid }) = co::co_getlk(co, s, &h, who, lock)? else {
         return Ok(unlocked.into());
     };
     // A holder that is not a client's lock owner: a host process (its pid)
