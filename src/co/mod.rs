@@ -72,6 +72,21 @@ pub(crate) enum Lock {
     Write,
 }
 
+/// Runs `call` again while it fails with EINTR and the request has not
+/// been cancelled, as QEMU's handlers loop on their co calls; any other
+/// result (or EINTR after a Tflush) is returned.
+pub(crate) fn retry_eintr<T>(
+    cancelled: impl Fn() -> bool,
+    mut call: impl FnMut() -> FsResult<T>,
+) -> FsResult<T> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) if !cancelled() => continue,
+            r => return r,
+        }
+    }
+}
+
 /// One hop: cancellation check, `lock`, then `job` on a worker.
 fn locked_hop<T, F>(co: &Co, s: &V9fsState, lock: Lock, job: F) -> FsResult<T>
 where

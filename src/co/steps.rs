@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
-use super::{locked_hop, opened, Handle, Lock};
+use super::{locked_hop, opened, retry_eintr, Handle, Lock};
 use crate::fsdev::{
     DirHandle, FileHandle, FileOperations, FileStat, FsCred, FsResult, SessionCtx, Timespec,
     V9fsPath,
@@ -312,19 +312,18 @@ fn read_steps(r: &impl Steps, file: &FileHandle, offset: u64, max: usize) -> FsR
     let mut data = Vec::new();
     let mut off = offset;
     loop {
-        let chunk = loop {
-            let (f, len) = (Arc::clone(file), max - data.len());
-            let res = r.call(Lock::None, move |_| {
-                let mut buf = vec![0u8; len];
-                let n = f.preadv(&mut buf, off)?;
-                buf.truncate(n);
-                Ok(buf)
-            });
-            match res {
-                Err(Errno::EINTR) if !r.cancelled() => continue,
-                res => break res?,
-            }
-        };
+        let chunk = retry_eintr(
+            || r.cancelled(),
+            || {
+                let (f, len) = (Arc::clone(file), max - data.len());
+                r.call(Lock::None, move |_| {
+                    let mut buf = vec![0u8; len];
+                    let n = f.preadv(&mut buf, off)?;
+                    buf.truncate(n);
+                    Ok(buf)
+                })
+            },
+        )?;
         let n = chunk.len();
         off += n as u64;
         data.extend_from_slice(&chunk);
@@ -364,13 +363,13 @@ fn write_steps(
     let mut total = 0usize;
     let mut off = offset;
     loop {
-        let n = loop {
-            let (f, d, from) = (Arc::clone(file), Arc::clone(data), total);
-            match r.call(Lock::None, move |_| f.pwritev(&d[from..], off)) {
-                Err(Errno::EINTR) if !r.cancelled() => continue,
-                res => break res?,
-            }
-        };
+        let n = retry_eintr(
+            || r.cancelled(),
+            || {
+                let (f, d, from) = (Arc::clone(file), Arc::clone(data), total);
+                r.call(Lock::None, move |_| f.pwritev(&d[from..], off))
+            },
+        )?;
         off += n as u64;
         total += n;
         if total >= data.len() || n == 0 {

@@ -193,20 +193,17 @@ impl V9fsState {
             }
         };
         // Retried on EINTR unless the request is cancelled, as QEMU does.
-        loop {
-            let r = match ty {
+        co::retry_eintr(
+            || co.is_cancelled(),
+            || match ty {
                 FidType::File => co::co_open(co, self, &path, flags).map(|h| {
                     f.borrow_mut().open = OpenState::File(Some(h));
                 }),
                 _ => co::co_opendir(co, self, &path).map(|d| {
                     f.borrow_mut().open = OpenState::Dir(Some(d));
                 }),
-            };
-            match r {
-                Err(Errno::EINTR) if !co.is_cancelled() => continue,
-                r => return r,
-            }
-        }
+            },
+        )
     }
 
     /// Fids whose path is `path` (snapshot; the table may change across the
