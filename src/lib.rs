@@ -17,6 +17,8 @@ pub mod protocol;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
 pub mod trace_render;
 pub mod transport;
 

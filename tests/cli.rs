@@ -50,16 +50,6 @@ fn wait_for_line(child: &mut Child, needle: &str) -> String {
     panic!("coro9p exited before printing '{needle}'");
 }
 
-fn stop(mut child: Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "coro9p exited with {status}");
-}
-
 #[test]
 fn help_and_version() {
     let out = coro9p().arg("--help").output().unwrap();
@@ -120,7 +110,7 @@ fn serves_over_tcp() {
     let s = std::net::TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     version_round_trip(s);
-    stop(child);
+    stop_process(child);
 }
 
 /// Starts `coro9p --fsdev synth` on a fresh unix socket and connects to it.
@@ -142,7 +132,7 @@ fn synth_on_unix_socket(tag: &str) -> (Child, std::os::unix::net::UnixStream) {
 fn serves_over_a_unix_socket() {
     let (child, s) = synth_on_unix_socket("cli");
     version_round_trip(s);
-    stop(child);
+    stop_process(child);
 }
 
 #[test]
@@ -252,7 +242,7 @@ fn connections_past_the_cap_are_closed() {
     // A place is free again.
     std::thread::sleep(Duration::from_millis(200));
     version_round_trip(connect());
-    stop(child);
+    stop_process(child);
 }
 
 #[test]

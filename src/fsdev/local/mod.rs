@@ -1102,7 +1102,6 @@ mod tests {
     use crate::Compat;
     use std::fs;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-    use std::os::unix::process::CommandExt;
     use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
 
@@ -1672,24 +1671,7 @@ mod tests {
         // that has dropped to nobody.
         fs::set_permissions(&tmp.0, fs::Permissions::from_mode(0o777)).unwrap();
         let test = "fsdev::local::tests::none_ignores_a_failing_chown_passthrough_does_not";
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(UNPRIVILEGED_DIR, &tmp.0)
-            .current_dir(&tmp.0)
-            .uid(65534)
-            .gid(65534)
-            .output();
-        let out = match out {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                eprintln!("nobody cannot run the test binary ({e}): case skipped");
-                return;
-            }
-            r => r.unwrap(),
-        };
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stdout}\n{stderr}");
-        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+        crate::testing::rerun_as_nobody(test, UNPRIVILEGED_DIR, &tmp.0);
     }
 
     /// A POSIX ACL xattr value granting uid 1234 read access.
