@@ -75,8 +75,9 @@ if [ ! -f "$build/build.ninja" ] || [ "$(cat "$build/coro9p-configure" 2> /dev/n
      --with-pkgversion="Debian $ver, hw/9pfs replaced by coro9p" >&2)
   echo "${config[*]}" > "$build/coro9p-configure"
 fi
-# The link does not depend on libcoro9p.a as far as ninja knows.
-rm -f "$build/qemu-system-x86_64"
+# The link does not depend on libcoro9p.a as far as ninja knows: relink
+# when the library is newer than the binary (make test builds twice).
+if [ "$lib" -nt "$build/qemu-system-x86_64" ]; then rm -f "$build/qemu-system-x86_64"; fi
 log "building qemu-system-x86_64 and qos-test"
 ninja -C "$build" qemu-system-x86_64 tests/qtest/qos-test >&2
 
